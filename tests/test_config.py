@@ -1,0 +1,73 @@
+import dataclasses
+from pathlib import Path
+
+import pytest
+
+from vizkit.config import TrainConfig, from_dict, load_config, parse_assignment, to_toml
+from vizkit.errors import VizkitError
+
+EXPERIMENTS = Path(__file__).resolve().parents[1] / "experiments"
+
+
+def test_default_toml_is_the_dataclass_default():
+    assert load_config(str(EXPERIMENTS / "default.toml")) == TrainConfig()
+
+
+@pytest.mark.parametrize("path", sorted(EXPERIMENTS.glob("*.toml")), ids=lambda p: p.stem)
+def test_every_recipe_loads(path):
+    cfg = load_config(str(path))
+    assert cfg.epochs >= 1
+
+
+def test_recipes_cover_every_tutorial():
+    stems = {p.stem.split("-")[0] for p in EXPERIMENTS.glob("*.toml")}
+    assert {"000", "001", "002", "003", "004", "default"} <= stems
+
+
+def test_unknown_key_is_named(tmp_path):
+    f = tmp_path / "x.toml"
+    f.write_text('model = "net"\nlearning_rate = 0.1\n')
+    with pytest.raises(VizkitError, match="unknown key 'learning_rate'"):
+        load_config(str(f))
+
+
+def test_syntax_error_gives_the_line(tmp_path):
+    f = tmp_path / "x.toml"
+    f.write_text('model = "net"\nepochs = = 3\n')
+    with pytest.raises(VizkitError, match="line 2"):
+        load_config(str(f))
+
+
+def test_missing_file_lists_recipes():
+    with pytest.raises(VizkitError, match="not found"):
+        load_config("no-such-recipe")
+
+
+@pytest.mark.parametrize(
+    "values, message",
+    [
+        ({"epochs": 0}, "epochs"),
+        ({"lr": -0.1}, "lr"),
+        ({"optimizer": "rmsprop"}, "optimizer"),
+        ({"epochs": "3"}, "must be int"),
+        ({"mean": [0.5], "std": []}, "same length"),
+    ],
+)
+def test_bad_values(values, message):
+    with pytest.raises(VizkitError, match=message):
+        from_dict(values)
+
+
+def test_toml_round_trip(tmp_path):
+    cfg = dataclasses.replace(TrainConfig(), mean=[0.5], std=[0.25], run_dir='runs/a "quoted" dir', augment=True)
+    f = tmp_path / "c.toml"
+    f.write_text(to_toml(cfg))
+    assert load_config(str(f)) == cfg
+
+
+def test_set_parses_toml_values():
+    assert parse_assignment("lr=0.1") == ("lr", 0.1)
+    assert parse_assignment("mean=[0.5]") == ("mean", [0.5])
+    assert parse_assignment("augment=true") == ("augment", True)
+    assert parse_assignment("model=net") == ("model", "net")
+    assert parse_assignment("log-every=7") == ("log_every", 7)

@@ -1,0 +1,164 @@
+"""TrainConfig: every setting of a training run, loaded from TOML and overridden by flags. No torch here."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from vizkit.errors import VizkitError
+
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # pragma: no cover
+    import tomli as tomllib
+
+OPTIMIZERS = ("sgd", "adam", "adamw")
+SCHEDULERS = ("none", "step", "onecycle", "cosine")
+DEVICES = ("auto", "cpu", "cuda")
+LOG_LEVELS = ("full", "scalars", "off")
+EXPERIMENTS_DIR = Path("experiments")
+
+
+@dataclass
+class TrainConfig:
+    """One training run. The defaults are vizkit's default recipe (experiments/default.toml says the same)."""
+
+    model: str = "vizkit"
+    dataset: str = "mnist"
+    epochs: int = 3
+    batch_size: int = 128
+    lr: float = 0.005
+    optimizer: str = "adam"
+    momentum: float = 0.9  # SGD only
+    weight_decay: float = 0.0
+    scheduler: str = "onecycle"
+    step_size: int = 5  # StepLR: epochs between decays
+    gamma: float = 0.5  # StepLR: factor per decay
+    seed: int = 0
+    limit_train: int = 0  # first N training images; 0 = all
+    val_size: int = 5000  # the last N training images; never trained on
+    augment: bool = False  # small random affine on each training batch
+    mean: list[float] = field(default_factory=list)  # empty = the dataset's own statistics
+    std: list[float] = field(default_factory=list)
+    data_dir: str = "data"
+    run_dir: str = ""  # empty = runs/<date>-<time>-<model>
+    device: str = "auto"
+    log: str = "full"
+    log_every: int = 50  # training steps between loss points in the event log
+    eval_batch_size: int = 1000
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+FIELDS = {f.name: f for f in dataclasses.fields(TrainConfig)}
+
+
+def _kind(name: str) -> type:
+    # The type of a field, read off its default value (annotations are strings here).
+    value = getattr(TrainConfig(), name)
+    return type(value)
+
+
+def _check_type(name: str, value: Any, source: str) -> Any:
+    kind = _kind(name)
+    if kind is float and isinstance(value, int) and not isinstance(value, bool):
+        return float(value)
+    if kind is list:
+        if not isinstance(value, list) or not all(
+            isinstance(v, (int, float)) and not isinstance(v, bool) for v in value
+        ):
+            raise VizkitError(f"{source}: '{name}' must be a list of numbers, got {value!r}")
+        return [float(v) for v in value]
+    if not isinstance(value, kind) or (kind is int and isinstance(value, bool)):
+        raise VizkitError(f"{source}: '{name}' must be {kind.__name__}, got {value!r}")
+    return value
+
+
+def from_dict(values: dict[str, Any], source: str = "config", base: TrainConfig | None = None) -> TrainConfig:
+    """A TrainConfig from `values` on top of `base`; an unknown key is an error that names it."""
+    unknown = sorted(set(values) - set(FIELDS))
+    if unknown:
+        raise VizkitError(f"{source}: unknown key {', '.join(map(repr, unknown))}; valid keys: {', '.join(FIELDS)}")
+    checked = {k: _check_type(k, v, source) for k, v in values.items()}
+    return validate(dataclasses.replace(base or TrainConfig(), **checked), source)
+
+
+def resolve_config_path(name: str) -> Path:
+    """A path as given, or a recipe name from experiments/ (`001-net` -> experiments/001-net.toml)."""
+    path = Path(name)
+    if path.is_file():
+        return path
+    candidate = EXPERIMENTS_DIR / (name if name.endswith(".toml") else f"{name}.toml")
+    if candidate.is_file():
+        return candidate
+    known = sorted(p.stem for p in EXPERIMENTS_DIR.glob("*.toml")) if EXPERIMENTS_DIR.is_dir() else []
+    hint = f"; recipes in {EXPERIMENTS_DIR}/: {', '.join(known)}" if known else ""
+    raise VizkitError(f"config file '{name}' not found{hint}")
+
+
+def load_config(name: str, base: TrainConfig | None = None) -> TrainConfig:
+    """Read a TOML experiment file (a path or a recipe name)."""
+    path = resolve_config_path(name)
+    try:
+        values = tomllib.loads(path.read_text(encoding="utf-8"))
+    except tomllib.TOMLDecodeError as exc:
+        raise VizkitError(f"{path}: TOML syntax error: {exc}") from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise VizkitError(f"cannot read config file {path}: {exc}") from None
+    return from_dict(values, str(path), base)
+
+
+def parse_assignment(text: str) -> tuple[str, Any]:
+    """`key=value` from `--set`, the value read as TOML (`lr=0.1`, `mean=[0.5]`) or else as a bare string."""
+    key, sep, raw = text.partition("=")
+    key = key.strip().replace("-", "_")
+    if not sep or not key:
+        raise VizkitError(f"--set expects key=value, got '{text}'")
+    try:
+        value = tomllib.loads(f"v = {raw.strip()}")["v"]
+    except tomllib.TOMLDecodeError:
+        value = raw.strip()
+    return key, value
+
+
+def validate(cfg: TrainConfig, source: str = "config") -> TrainConfig:
+    """Reject values that cannot run, with the allowed ones in the message."""
+    choices = {"optimizer": OPTIMIZERS, "scheduler": SCHEDULERS, "device": DEVICES, "log": LOG_LEVELS}
+    for name, allowed in choices.items():
+        if getattr(cfg, name) not in allowed:
+            raise VizkitError(f"{source}: unknown {name} '{getattr(cfg, name)}'; choose one of {', '.join(allowed)}")
+    positive = ("epochs", "batch_size", "log_every", "eval_batch_size", "step_size")
+    for name in positive:
+        if getattr(cfg, name) < 1:
+            raise VizkitError(f"{source}: '{name}' must be at least 1, got {getattr(cfg, name)}")
+    if not (cfg.lr > 0 and math.isfinite(cfg.lr)):
+        raise VizkitError(f"{source}: 'lr' must be a positive number, got {cfg.lr}")
+    for name in ("limit_train", "val_size"):
+        if getattr(cfg, name) < 0:
+            raise VizkitError(f"{source}: '{name}' must be 0 or more, got {getattr(cfg, name)}")
+    if cfg.weight_decay < 0 or cfg.momentum < 0:
+        raise VizkitError(f"{source}: 'weight_decay' and 'momentum' must be 0 or more")
+    if len(cfg.mean) != len(cfg.std) or any(s <= 0 for s in cfg.std):
+        raise VizkitError(f"{source}: 'mean' and 'std' must have the same length and std > 0 (or both be empty)")
+    return cfg
+
+
+def _toml_value(value: Any) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, (int, float)):
+        return repr(value)
+    if isinstance(value, list):
+        return "[" + ", ".join(_toml_value(v) for v in value) + "]"
+    return json.dumps(str(value))  # a JSON string is a valid TOML basic string
+
+
+def to_toml(cfg: TrainConfig) -> str:
+    """The resolved config as TOML that load_config reads back to an equal TrainConfig."""
+    return "".join(f"{k} = {_toml_value(v)}\n" for k, v in cfg.to_dict().items())

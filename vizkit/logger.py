@@ -1,0 +1,129 @@
+"""What goes into a run's TensorboardX event log, under which tag, and when.
+
+Tags are grouped so TensorBoard's dashboard reads well: loss/*, accuracy/*, lr, speed/*, features/*,
+weights/*, grads/*, samples/*, hparam/*. Levels: "full" logs everything, "scalars" only numbers,
+"off" writes no event file at all.
+"""
+
+from __future__ import annotations
+
+import logging
+import warnings
+from collections.abc import Sequence
+from pathlib import Path
+
+import torch
+from tensorboardX import SummaryWriter
+from tensorboardX.summary import hparams as hparams_summary
+from torch import nn
+from torchvision.utils import make_grid
+
+from vizkit.hooks import capture
+from vizkit.plots import samples_figure
+
+log = logging.getLogger(__name__)
+
+TENSORBOARD_IMAGES_PER_TAG = 10  # TensorBoard shows 10 images per tag unless --samples_per_plugin says more
+
+
+def image_epochs(epochs: int, limit: int = TENSORBOARD_IMAGES_PER_TAG) -> set[int]:
+    """At most `limit` epochs, evenly spread and always the first and last, on which images are logged."""
+    if epochs <= limit:
+        return set(range(1, epochs + 1))
+    return {round(1 + i * (epochs - 1) / (limit - 1)) for i in range(limit)}
+
+
+def feature_grid(maps: torch.Tensor) -> torch.Tensor:
+    """(B, C, H, W) activations -> one image: a row per input image, a tile per channel, one scale per layer."""
+    b, c, h, w = maps.shape
+    lo, hi = maps.min(), maps.max()
+    scaled = (maps - lo) / (hi - lo).clamp_min(1e-8)
+    return make_grid(scaled.reshape(b * c, 1, h, w), nrow=c, padding=1, pad_value=1.0)
+
+
+class RunLogger:
+    """A SummaryWriter that knows vizkit's tags and levels; a context manager, and close() is safe twice."""
+
+    def __init__(self, run_dir: str | Path, level: str = "full", epochs: int = 1) -> None:
+        self.level = level
+        self.writer = SummaryWriter(logdir=str(run_dir)) if level != "off" else None
+        self.image_epochs = image_epochs(epochs)
+
+    @property
+    def full(self) -> bool:
+        return self.level == "full"
+
+    def __enter__(self) -> RunLogger:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def close(self) -> None:
+        if self.writer is not None:
+            self.writer.close()
+            self.writer = None
+
+    def scalars(self, values: dict[str, float], step: int) -> None:
+        if self.writer is not None:
+            for tag, value in values.items():
+                self.writer.add_scalar(tag, value, step)
+
+    def text(self, tag: str, markdown: str) -> None:
+        if self.writer is not None:
+            self.writer.add_text(tag, markdown, 0)
+
+    def graph(self, model: nn.Module, example: torch.Tensor) -> bool:
+        """The model graph by torch.jit.trace; False when tracing fails (the caller logs the ONNX graph then)."""
+        if not self.full:
+            return True
+        was_training = model.training
+        try:
+            model.eval()
+            with warnings.catch_warnings():  # torch.jit.trace's deprecation notice, once per run
+                warnings.simplefilter("ignore", FutureWarning)
+                self.writer.add_graph(model, example)
+            return True
+        except Exception as exc:  # tracing fails on data-dependent control flow, among others
+            log.info("add_graph could not trace the model (%s); the ONNX graph is logged instead", exc)
+            return False
+        finally:
+            model.train(was_training)
+
+    def onnx_graph(self, path: str | Path) -> None:
+        if self.full:
+            self.writer.add_onnx_graph(str(path))
+
+    def samples(self, images: torch.Tensor, labels: torch.Tensor, classes: Sequence[str]) -> None:
+        """The first training images with their labels, as recipe 003 shows them."""
+        if self.full:
+            self.writer.add_figure("samples/train", samples_figure(images.cpu(), labels.cpu(), classes), 0)
+
+    def feature_maps(self, model: nn.Module, layers: Sequence[str], batch: torch.Tensor, epoch: int) -> None:
+        """The activations of each layer for a fixed batch, one grid image per layer."""
+        if not self.full or epoch not in self.image_epochs:
+            return
+        with torch.no_grad(), capture(model, list(layers)) as maps:
+            model(batch)
+        for name in layers:
+            self.writer.add_image(f"features/{name}", feature_grid(maps[name]), epoch)
+
+    def histograms(self, model: nn.Module, epoch: int) -> None:
+        """Weights and (the last step's) gradients of every parameter."""
+        if not self.full:
+            return
+        for name, param in model.named_parameters():
+            self.writer.add_histogram(f"weights/{name}", param.detach().cpu(), epoch)
+            if param.grad is not None:
+                self.writer.add_histogram(f"grads/{name}", param.grad.detach().cpu(), epoch)
+
+    def hparams(self, params: dict[str, object], metrics: dict[str, float]) -> None:
+        """hparams in this run's own event log (add_hparams would open a new subfolder per call)."""
+        if self.writer is None:
+            return
+        clean = {k: v if isinstance(v, (bool, int, float, str)) else str(v) for k, v in params.items()}
+        tagged = {f"hparam/{k}": v for k, v in metrics.items()}
+        file_writer = self.writer._get_file_writer()
+        for summary in hparams_summary(clean, tagged):
+            file_writer.add_summary(summary)
+        self.scalars(tagged, 0)
