@@ -28,3 +28,14 @@ def small_run(data_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     argv = ["--limit-train", "1000", "--epochs", "2", "--data-dir", str(data_dir), "--run-dir", str(run_dir)]
     assert main(argv + ["--set", "log_every=5"]) == 0
     return run_dir
+
+
+@pytest.fixture(scope="session")
+def mnist_run(data_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The default model after one epoch on all of MNIST (about 98.5% on the test set), no event log."""
+    from vizkit.train import main
+
+    run_dir = tmp_path_factory.mktemp("runs") / "mnist"
+    argv = ["--epochs", "1", "--log", "off", "--data-dir", str(data_dir), "--run-dir", str(run_dir)]
+    assert main(argv) == 0
+    return run_dir

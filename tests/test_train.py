@@ -29,7 +29,8 @@ def test_run_directory_holds_everything(small_run):
     for name in ("config.toml", "last.pth", "best.pth", "model.onnx", "metrics.json", "curves.png"):
         assert (small_run / name).is_file(), name
     assert len(list(small_run.glob("events.out.tfevents.*"))) == 1
-    assert [p for p in small_run.iterdir() if p.is_dir()] == []  # hparams did not open a subfolder
+    # hparams did not open a subfolder (features/ comes from vizkit.features, when its tests ran first)
+    assert {p.name for p in small_run.iterdir() if p.is_dir()} <= {"features"}
     assert tomllib.loads((small_run / "config.toml").read_text())["run_dir"] == str(small_run)
 
 

@@ -264,6 +264,18 @@ def _read_split(name: str, data_dir: Path, train: bool) -> Split:
     return Split(ds.data.unsqueeze(1), ds.targets.to(torch.int64))
 
 
+def _ensure(name: str, data_dir: Path) -> str:
+    get_spec(name)
+    ensure = {"mnist": ensure_mnist, "fashion-mnist": ensure_fashion_mnist, "cifar10": ensure_cifar10}[name]
+    return ensure(data_dir)
+
+
+def load_test_split(name: str, data_dir: str | Path = "data") -> Split:
+    """Only the official test set (what the inspection commands draw samples from)."""
+    _ensure(name, Path(data_dir))
+    return _read_split(name, Path(data_dir), train=False)
+
+
 def load_dataset(name: str, data_dir: str | Path = "data", limit_train: int = 0, val_size: int = 5000) -> Dataset:
     """The train/val/test splits of a dataset in memory as uint8 tensors.
 
@@ -272,8 +284,7 @@ def load_dataset(name: str, data_dir: str | Path = "data", limit_train: int = 0,
     """
     spec = get_spec(name)
     data_dir = Path(data_dir)
-    ensure = {"mnist": ensure_mnist, "fashion-mnist": ensure_fashion_mnist, "cifar10": ensure_cifar10}[name]
-    source = ensure(data_dir)
+    source = _ensure(name, data_dir)
     full = _read_split(name, data_dir, train=True)
     test = _read_split(name, data_dir, train=False)
     if val_size >= len(full):

@@ -133,3 +133,21 @@ def check_onnx(
     with torch.no_grad():
         want = Normalized(model, mean, std).cpu().eval()(batch.cpu()).numpy()
     return float(np.abs(got - want).max())
+
+
+def find_checkpoint(run: str | None = None, checkpoint: str | None = None, runs_root: str | Path = "runs") -> Path:
+    """The checkpoint to inspect: --checkpoint as given, a run directory's best.pth, or the newest run's."""
+    if checkpoint:
+        return Path(checkpoint)
+    if run:
+        run_dir = Path(run)
+        if not run_dir.is_dir():
+            raise VizkitError(f"run directory {run_dir} does not exist")
+        for name in ("best.pth", "last.pth"):
+            if (run_dir / name).is_file():
+                return run_dir / name
+        raise VizkitError(f"{run_dir} holds no best.pth or last.pth; train first (python -m vizkit.train)")
+    runs = [p for p in Path(runs_root).glob("*/best.pth")] if Path(runs_root).is_dir() else []
+    if not runs:
+        raise VizkitError(f"no trained run under {runs_root}/; train one (python -m vizkit.train) or give --checkpoint")
+    return max(runs, key=lambda p: p.stat().st_mtime)

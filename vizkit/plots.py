@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from pathlib import Path
 
+import numpy as np
 import torch
 from matplotlib.figure import Figure
 
@@ -46,5 +47,106 @@ def samples_figure(images: torch.Tensor, labels: torch.Tensor, classes: Sequence
             img = (images[i].float() / 255).permute(1, 2, 0).numpy()  # (H, W, C) for imshow
             ax.imshow(img if img.shape[2] == 3 else img[:, :, 0], cmap="gray", vmin=0, vmax=1)
             ax.set_title(classes[int(labels[i])], fontsize=9)
+    fig.tight_layout()
+    return fig
+
+
+def _show_input(ax, image: torch.Tensor, title: str) -> None:  # noqa: ANN001
+    img = image.detach().cpu().float()
+    ax.imshow(img.permute(1, 2, 0).clamp(0, 1).numpy() if img.shape[0] == 3 else img[0].numpy(), cmap="gray")
+    ax.set_title(title, fontsize=9)
+    ax.axis("off")
+
+
+def activation_figure(activation: torch.Tensor, layer: str, image: torch.Tensor, title: str) -> Figure:
+    """One layer's response to one input: a tile per channel (C, H, W), or a bar per unit (N,).
+
+    Tiles share one colour scale, shown by the colour bar, so channels can be compared with each other.
+    """
+    act = activation.detach().cpu().float()
+    if act.dim() == 3 and act.shape[-1] * act.shape[-2] > 1:
+        channels = act.shape[0]
+        cols = min(channels, max(4, int(np.ceil(np.sqrt(channels * 1.5)))))
+        rows = int(np.ceil(channels / cols))
+        fig = Figure(figsize=(1.4 * cols + 2.6, 1.45 * rows + 0.9), dpi=100)
+        grid = fig.add_gridspec(rows, cols + 2, width_ratios=[1.6] + [1] * cols + [0.12])
+        _show_input(fig.add_subplot(grid[: min(rows, 2), 0]), image, "input")
+        vmin, vmax = float(act.min()), float(act.max())
+        shown = None
+        for c in range(channels):
+            ax = fig.add_subplot(grid[c // cols, 1 + c % cols])
+            shown = ax.imshow(act[c].numpy(), cmap="viridis", vmin=vmin, vmax=vmax)
+            ax.set_title(str(c), fontsize=8, pad=2)
+            ax.axis("off")
+        fig.colorbar(shown, cax=fig.add_subplot(grid[:, -1]))
+        fig.suptitle(f"{layer}: {channels} channels, {act.shape[1]}x{act.shape[2]} - {title}", fontsize=10)
+    else:
+        values = act.flatten().numpy()
+        fig = Figure(figsize=(max(6.0, min(16.0, 0.12 * len(values) + 3)), 3.2), dpi=100)
+        grid = fig.add_gridspec(1, 2, width_ratios=[1, 6])
+        _show_input(fig.add_subplot(grid[0, 0]), image, "input")
+        ax = fig.add_subplot(grid[0, 1])
+        ax.bar(np.arange(len(values)), values, color=np.where(values >= 0, "tab:blue", "tab:red"))
+        ax.set(xlabel="unit", ylabel="activation")
+        ax.grid(axis="y", alpha=0.3)
+        fig.suptitle(f"{layer}: {len(values)} units - {title}", fontsize=10)
+    fig.tight_layout()
+    return fig
+
+
+def kernels_figure(weight: torch.Tensor, layer: str, limit: int = 16) -> Figure:
+    """Conv kernels (out, in, kH, kW) on one diverging colour scale: a tile per output channel when there is
+    one input channel, else a row per output channel and a column per input channel (first `limit` of each)."""
+    w = weight.detach().cpu().float()
+    out_c, in_c = w.shape[:2]
+    if in_c == 1:
+        cols = int(np.ceil(np.sqrt(out_c)))
+        rows = int(np.ceil(out_c / cols))
+        tiles = [
+            (r, c, w[r * cols + c, 0], str(r * cols + c))
+            for r in range(rows)
+            for c in range(cols)
+            if r * cols + c < out_c
+        ]
+        note = "a tile per output channel"
+    else:
+        rows, cols = min(out_c, limit), min(in_c, limit)
+        tiles = [(o, i, w[o, i], f"{o}<-{i}" if o == 0 or i == 0 else "") for o in range(rows) for i in range(cols)]
+        note = (
+            f"rows: output channels, columns: input channels (first {limit})"
+            if max(out_c, in_c) > limit
+            else ("rows: output channels, columns: input channels")
+        )
+    bound = float(w.abs().max())
+    fig = Figure(figsize=(max(4.0, 0.75 * cols + 1.5), max(3.0, 0.75 * rows + 1.0)), dpi=100)
+    axes = fig.subplots(rows, cols, squeeze=False)
+    for ax in axes.flat:
+        ax.axis("off")
+    shown = None
+    for r, c, kernel, label in tiles:
+        shown = axes[r, c].imshow(kernel.numpy(), cmap="RdBu_r", vmin=-bound, vmax=bound)
+        axes[r, c].set_title(label, fontsize=7, pad=2)
+    fig.colorbar(shown, ax=axes, shrink=0.7)
+    fig.suptitle(f"{layer} kernels {tuple(weight.shape)}: {note}", fontsize=9)
+    return fig
+
+
+def prediction_figure(
+    rows: Sequence[tuple[str, np.ndarray, torch.Tensor, np.ndarray]], classes: Sequence[str]
+) -> Figure:
+    """Per image (name, photo, model input, probabilities): the photo, the input the model saw, and the bars."""
+    fig = Figure(figsize=(10, 3.0 * len(rows)), dpi=100)
+    axes = fig.subplots(len(rows), 3, squeeze=False, gridspec_kw={"width_ratios": [1.2, 1, 2]})
+    for (name, original, model_input, probs), (ax_photo, ax_input, ax_bars) in zip(rows, axes, strict=True):
+        best = int(np.argmax(probs))
+        ax_photo.imshow(original, cmap="gray" if original.ndim == 2 else None)
+        ax_photo.set_title(name, fontsize=9)
+        ax_photo.axis("off")
+        _show_input(ax_input, model_input, f"what the model saw ({'x'.join(map(str, model_input.shape[-2:]))})")
+        ax_bars.bar(
+            range(len(probs)), probs, color=["tab:orange" if i == best else "tab:blue" for i in range(len(probs))]
+        )
+        ax_bars.set_xticks(range(len(probs)), classes, rotation=45 if max(map(len, classes)) > 2 else 0, fontsize=8)
+        ax_bars.set(ylim=(0, 1), ylabel="probability", title=f"{classes[best]} ({100 * probs[best]:.1f}%)")
     fig.tight_layout()
     return fig

@@ -1,0 +1,111 @@
+"""python -m vizkit.features: what a layer of a trained model responds to, for a test image or your own photo.
+
+python -m vizkit.features --layer conv1                 # newest run, test image 0
+python -m vizkit.features --layer all --image digit.jpg
+python -m vizkit.features --layer conv1 --weights       # the kernels instead
+python -m vizkit.features --list-layers
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from vizkit.cli import run_cli
+from vizkit.errors import VizkitError
+from vizkit.export import Normalized
+from vizkit.hooks import capture, layer_names, resolve_layers
+from vizkit.inputs import Sample, add_input_args, add_model_args, load_model, load_sample
+from vizkit.plots import activation_figure, kernels_figure, save_figure
+
+
+def drawable_layers(model: nn.Module) -> list[str]:
+    """What --layer all draws: every conv and fully connected layer, in order."""
+    return [n for n, m in model.named_modules() if isinstance(m, (nn.Conv2d, nn.Linear))]
+
+
+def output_shapes(model: nn.Module, input_shape: list[int]) -> dict[str, tuple[int, ...]]:
+    names = layer_names(model)
+    with torch.no_grad(), capture(model, names) as out:
+        model(torch.zeros(1, *input_shape))
+    return {n: tuple(out[n].shape[1:]) for n in names if n in out}
+
+
+def describe(prediction: torch.Tensor, classes: list[str], sample: Sample) -> str:
+    probs = prediction.softmax(-1)[0]
+    best = int(probs.argmax())
+    truth = f" (label {classes[sample.label]})" if sample.label is not None else ""
+    return f"{sample.name}{truth}: predicted {classes[best]} ({100 * float(probs[best]):.1f}%)"
+
+
+def output_paths(out: str | None, default_dir: Path, names: list[str]) -> list[Path]:
+    """--out FILE.png for one figure, --out DIR for several; default: features/ inside the run directory."""
+    if out and out.lower().endswith(".png"):
+        if len(names) > 1:
+            raise VizkitError(f"--out {out} names one file but {len(names)} figures are drawn; give a directory")
+        return [Path(out)]
+    folder = Path(out) if out else default_dir
+    return [folder / f"{n}.png" for n in names]
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="python -m vizkit.features", description=__doc__.split("\n")[0])
+    add_model_args(p)
+    add_input_args(p)
+    p.add_argument("--layer", action="append", default=[], help="layer name (repeatable), or 'all' (default: conv1)")
+    p.add_argument("--list-layers", action="store_true", help="print the layer names with their output shapes")
+    p.add_argument("--weights", action="store_true", help="draw the layer's conv kernels instead of its activations")
+    p.add_argument("--out", help="output .png (one layer) or directory (default: <run>/features/<layer>-<input>.png)")
+    p.add_argument("--tensorboard", action="store_true", help="also add the figures to the run's TensorBoard log")
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+
+    def body() -> int:
+        model, ckpt, ckpt_path = load_model(args)
+        if args.list_layers:
+            for name, shape in output_shapes(model, ckpt["input_shape"]).items():
+                kind = type(dict(model.named_modules())[name]).__name__
+                print(f"{name:<10} {kind:<12} {' x '.join(map(str, shape))}")
+            return 0
+        wanted = args.layer or ["conv1"]
+        layers = drawable_layers(model) if "all" in wanted else list(dict.fromkeys(wanted))
+        modules = resolve_layers(model, layers)
+        run_dir = ckpt_path.parent
+        figures = {}
+        if args.weights:
+            for name, module in modules.items():
+                if not isinstance(module, nn.Conv2d):
+                    convs = ", ".join(n for n, m in model.named_modules() if isinstance(m, nn.Conv2d))
+                    raise VizkitError(f"--weights draws conv kernels and '{name}' is not a conv layer; try {convs}")
+                figures[f"{name}-weights"] = kernels_figure(module.weight, name)
+        else:
+            sample = load_sample(args, ckpt)
+            with torch.no_grad(), capture(model, layers) as acts:
+                logits = Normalized(model, ckpt["mean"], ckpt["std"])(sample.pixels)
+            title = describe(logits, ckpt["classes"], sample)
+            for name in layers:
+                figures[f"{name}-{sample.name}"] = activation_figure(acts[name][0], name, sample.pixels[0], title)
+        paths = output_paths(args.out, run_dir / "features", list(figures))
+        for path, fig in zip(paths, figures.values(), strict=True):
+            print(save_figure(fig, path))
+        if args.tensorboard:
+            from tensorboardX import SummaryWriter
+
+            with SummaryWriter(logdir=str(run_dir)) as writer:
+                for name, fig in figures.items():
+                    writer.add_figure(f"features/{name}", fig, 0)
+            print(f"added {len(figures)} figure(s) to the TensorBoard log in {run_dir}")
+        return 0
+
+    return run_cli(body, "vizkit.features")
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,117 @@
+"""python -m vizkit.netron_view: the structure of a trained model in Netron, served on localhost.
+
+python -m vizkit.netron_view runs/X/model.onnx
+python -m vizkit.netron_view runs/X              # the run's model.onnx
+python -m vizkit.netron_view runs/X/best.pth     # exported to ONNX first: Netron draws no graph for a state dict
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import signal
+import sys
+import tempfile
+import time
+import webbrowser
+from pathlib import Path
+
+from vizkit.cli import run_cli
+from vizkit.errors import VizkitError
+
+
+def onnx_for(target: str, workdir: Path) -> Path:
+    """The ONNX file to serve for a .onnx file, a .pth checkpoint (exported into workdir) or a run directory."""
+    path = Path(target)
+    if path.is_dir():
+        if (path / "model.onnx").is_file():
+            path = path / "model.onnx"
+        elif (path / "best.pth").is_file():
+            path = path / "best.pth"
+        else:
+            raise VizkitError(f"{path} holds no model.onnx or best.pth; give a run directory written by vizkit.train")
+    if not path.is_file():
+        raise VizkitError(f"{path} does not exist; give a .onnx file, a .pth checkpoint or a run directory")
+    suffix = path.suffix.lower()
+    if suffix in (".pth", ".pt"):
+        from vizkit.export import export_onnx, load_checkpoint
+
+        model, ckpt = load_checkpoint(path)
+        return export_onnx(model, ckpt["mean"], ckpt["std"], ckpt["input_shape"], workdir / f"{path.stem}.onnx")
+    if suffix != ".onnx":
+        raise VizkitError(f"{path} is not a model vizkit can show; give a .onnx file, a .pth checkpoint or a run")
+    import onnx
+
+    try:
+        onnx.load(str(path), load_external_data=False)
+    except Exception:  # protobuf raises its own DecodeError, among others
+        raise VizkitError(f"{path} is not an ONNX model (it does not parse); export one with vizkit.train") from None
+    return path
+
+
+def serve(path: Path, host: str = "127.0.0.1", port: int = 0) -> tuple[str, int]:
+    """Start Netron's server for `path` in a daemon thread; returns the (host, port) it bound."""
+    import netron
+
+    logging.getLogger("netron").setLevel(logging.WARNING)  # we print the URL ourselves
+    try:
+        return netron.start(str(path), (host, port), browse=False)
+    except OSError as exc:
+        raise VizkitError(
+            f"cannot serve on {host}:{port} ({exc.strerror or exc}); choose another --port, or leave it out"
+        ) from None
+
+
+def can_open_browser() -> bool:
+    # On a Linux box without a display, webbrowser would start a text browser in this terminal.
+    if sys.platform.startswith("linux") and not (os.environ.get("DISPLAY") or os.environ.get("WAYLAND_DISPLAY")):
+        return False
+    try:
+        webbrowser.get()
+    except webbrowser.Error:
+        return False
+    return True
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="python -m vizkit.netron_view", description=__doc__.split("\n")[0])
+    p.add_argument("model", metavar="MODEL", help="a .onnx file, a .pth checkpoint, or a run directory")
+    p.add_argument("--host", default="127.0.0.1", help="address to bind; 0.0.0.0 shares it on the network "
+                   "(default: 127.0.0.1, this machine only)")  # fmt: skip
+    p.add_argument("--port", type=int, default=0, help="port (default: 0, a free one)")
+    p.add_argument("--no-browser", action="store_true", help="only print the URL")
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+
+    def body() -> int:
+        import netron
+
+        with tempfile.TemporaryDirectory(prefix="vizkit-netron-") as workdir:
+            path = onnx_for(args.model, Path(workdir))
+            host, port = serve(path, args.host, args.port)
+            url = f"http://{host}:{port}"
+            print(f"Netron is serving {path} at {url} (the file itself: {url}/data/{path.name}); Ctrl-C stops it")
+            sys.stdout.flush()
+            if not args.no_browser and can_open_browser():
+                webbrowser.open(url)
+            # SIGTERM stops it the same way Ctrl-C does.
+            signal.signal(signal.SIGTERM, signal.default_int_handler)
+            try:
+                while netron.status((host, port)):
+                    time.sleep(0.2)
+            except KeyboardInterrupt:
+                pass
+            finally:
+                netron.stop((host, port))
+            print("stopped")
+        return 0
+
+    return run_cli(body, "vizkit.netron_view")
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,118 @@
+"""A person's photo of a digit, prepared the way MNIST's digits were prepared.
+
+MNIST digits are light ink on black, scaled so the longer side is 20 px, and placed in 28 x 28 so their
+centre of mass is at the centre. A photo is dark ink on light paper, anywhere on the page, any size:
+resizing the whole photo to 28 x 28 (what the tutorials do) gives confident wrong answers.
+"""
+
+from __future__ import annotations
+
+import warnings
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from PIL import Image, ImageOps, UnidentifiedImageError
+
+from vizkit.errors import VizkitError
+
+IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".tiff"}
+MAX_PIXELS = 50_000_000  # a 50-megapixel photo is plenty; larger is refused before decoding (decompression bombs)
+WORKING_SIDE = 512  # photos are shrunk to this before the work: the digit ends up 20 px tall anyway
+
+
+def load_image(path: str | Path) -> Image.Image:
+    """Open and fully decode an image; anything wrong with it is one VizkitError that names the file."""
+    path = Path(path)
+    if not path.is_file():
+        raise VizkitError(f"image {path} does not exist")
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            with Image.open(path) as img:
+                if img.width * img.height > MAX_PIXELS:
+                    raise VizkitError(
+                        f"{path} is {img.width} x {img.height} pixels, more than the {MAX_PIXELS:,} allowed; "
+                        "crop or shrink the photo first"
+                    )
+                img.load()
+                return ImageOps.exif_transpose(img)  # phone photos are often stored sideways
+    except VizkitError:
+        raise
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning):
+        raise VizkitError(f"{path} is too large to decode safely; crop or shrink the photo first") from None
+    except UnidentifiedImageError:
+        raise VizkitError(f"{path} is not an image PIL can read; give a PNG or JPEG") from None
+    except (OSError, SyntaxError, ValueError) as exc:
+        raise VizkitError(f"{path} could not be decoded ({exc}); it may be truncated or corrupt") from None
+
+
+def image_files(paths: list[str]) -> list[Path]:
+    """The given files, with directories expanded to the images directly inside them (sorted)."""
+    files: list[Path] = []
+    for p in map(Path, paths):
+        if p.is_dir():
+            found = sorted(f for f in p.iterdir() if f.suffix.lower() in IMAGE_SUFFIXES and f.is_file())
+            if not found:
+                raise VizkitError(f"{p} holds no images ({', '.join(sorted(IMAGE_SUFFIXES))})")
+            files += found
+        else:
+            files.append(p)
+    return files
+
+
+def mnist_style(img: Image.Image, size: int = 28, box: int = 20) -> np.ndarray:
+    """A photo of one digit -> (size, size) float32 in [0, 1], light ink on black, as MNIST.
+
+    Grayscale; invert when the background is light; remove the background level; crop to the ink; scale
+    the longer side to `box` pixels keeping the aspect ratio; place by centre of mass in size x size.
+    """
+    gray = img.convert("L")
+    gray.thumbnail((WORKING_SIDE, WORKING_SIDE), Image.Resampling.LANCZOS)
+    a = np.asarray(gray, dtype=np.float32) / 255.0
+    border = np.concatenate([a[0], a[-1], a[:, 0], a[:, -1]])
+    if np.median(border) > 0.5:  # light paper: make the ink the bright part, as in MNIST
+        a = 1.0 - a
+    background = np.median(a)  # most of a photo is paper
+    peak = np.percentile(a, 99.9)
+    if peak - background < 0.1:
+        raise VizkitError("no digit found in the image: it has almost no contrast")
+    a = np.clip((a - background) / (peak - background), 0.0, 1.0)
+    a[a < 0.2] = 0.0  # paper texture and shadows are not ink
+
+    rows, cols = np.nonzero(a)
+    a = a[rows.min() : rows.max() + 1, cols.min() : cols.max() + 1]
+    h, w = a.shape
+    scale = box / max(h, w)
+    new_h, new_w = max(1, round(h * scale)), max(1, round(w * scale))
+    digit = F.interpolate(
+        torch.from_numpy(a)[None, None], size=(new_h, new_w), mode="bilinear", antialias=True, align_corners=False
+    )[0, 0].numpy()
+    digit /= max(float(digit.max()), 1e-6)
+
+    # Centre of mass to the canvas centre, kept inside the canvas.
+    ys, xs = np.indices(digit.shape)
+    total = digit.sum()
+    cy, cx = (ys * digit).sum() / total, (xs * digit).sum() / total
+    top = int(np.clip(round((size - 1) / 2 - cy), 0, size - new_h))
+    left = int(np.clip(round((size - 1) / 2 - cx), 0, size - new_w))
+    out = np.zeros((size, size), dtype=np.float32)
+    out[top : top + new_h, left : left + new_w] = digit
+    return out
+
+
+def prepare(img: Image.Image, input_shape: list[int] | tuple[int, ...]) -> torch.Tensor:
+    """A photo -> the (1, C, H, W) float tensor of pixels in [0, 1] a model of `input_shape` expects."""
+    channels, size = input_shape[0], input_shape[-1]
+    if channels == 1:
+        return torch.from_numpy(mnist_style(img, size=size, box=round(size * 20 / 28)))[None, None]
+    # colour datasets (CIFAR-10) are whole scenes: just fit the photo
+    rgb = img.convert("RGB").resize((size, size), Image.Resampling.LANCZOS)
+    return torch.from_numpy(np.asarray(rgb, dtype=np.float32) / 255.0).permute(2, 0, 1)[None]
+
+
+def naive(img: Image.Image, size: int = 28) -> np.ndarray:
+    """The tutorials' preparation (grayscale, invert, resize the whole photo): kept to show why it fails."""
+    small = ImageOps.invert(img.convert("L")).resize((size, size), Image.Resampling.BILINEAR)
+    return np.asarray(small, dtype=np.float32) / 255.0
