@@ -330,6 +330,7 @@ def batches(
     shuffle: bool = False,
     generator: torch.Generator | None = None,
     augment: bool = False,
+    memory_format: torch.memory_format = torch.contiguous_format,
 ) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
     """Normalised float batches (and labels) of a split that already lives on its device."""
     n = len(split)
@@ -343,7 +344,7 @@ def batches(
         x = normalize(images, mean, std)
         if augment:
             x = random_affine(x, generator)
-        yield x, labels
+        yield x.contiguous(memory_format=memory_format), labels
 
 
 def num_batches(split: Split, batch_size: int) -> int:

@@ -53,6 +53,13 @@ def pick_device(name: str) -> torch.device:
     return torch.device(name)
 
 
+def memory_format(model: nn.Module) -> torch.memory_format:
+    # NHWC: oneDNN's conv and max-pool kernels are faster in it (profile of recipe 001 on 2 cores: max-pool
+    # from 28% of a step to 11%, a step from 4.6 to 3.7 ms). Models without convolutions stay as they are.
+    has_conv = any(isinstance(m, nn.Conv2d) for m in model.modules())
+    return torch.channels_last if has_conv else torch.contiguous_format
+
+
 def make_optimizer(cfg: TrainConfig, model: nn.Module) -> torch.optim.Optimizer:
     params = model.parameters()
     if cfg.optimizer == "sgd":
@@ -99,7 +106,10 @@ def train_one_epoch(
     interval_n = 0
     seen = 0
     step = first_step
-    for x, y in batches(split, cfg.batch_size, *norm, shuffle=True, generator=generator, augment=cfg.augment):
+    layout = memory_format(model)
+    for x, y in batches(
+        split, cfg.batch_size, *norm, shuffle=True, generator=generator, augment=cfg.augment, memory_format=layout
+    ):
         logits = model(x)
         loss = F.cross_entropy(logits, y)
         optimizer.zero_grad(set_to_none=True)
@@ -136,7 +146,7 @@ def evaluate(
     model.eval()
     loss_sum = torch.zeros((), device=split.labels.device)
     correct = torch.zeros((), device=split.labels.device, dtype=torch.int64)
-    for x, y in batches(split, batch_size, *norm):
+    for x, y in batches(split, batch_size, *norm, memory_format=memory_format(model)):
         logits = model(x)
         loss_sum += F.cross_entropy(logits, y, reduction="sum")
         correct += (logits.argmax(1) == y).sum()
@@ -176,7 +186,8 @@ def fit(cfg: TrainConfig, data: Dataset, run_dir: Path, device: torch.device) ->
     norm = (mean, std)
     torch.manual_seed(cfg.seed)
     generator = torch.Generator().manual_seed(cfg.seed)
-    model = get_model(cfg.model, spec.channels, spec.size, len(spec.classes)).to(device)
+    model = get_model(cfg.model, spec.channels, spec.size, len(spec.classes))
+    model = model.to(device, memory_format=memory_format(model))
     train, val, test = data.train.to(device), data.val.to(device), data.test.to(device)
     optimizer = make_optimizer(cfg, model)
     steps_per_epoch = num_batches(train, cfg.batch_size)
@@ -200,6 +211,7 @@ def fit(cfg: TrainConfig, data: Dataset, run_dir: Path, device: torch.device) ->
         logger.samples(train.images[:20], train.labels[:20], spec.classes)
         traced = logger.graph(model, feature_batch)
         for epoch in range(1, cfg.epochs + 1):
+            epoch_start = time.perf_counter()
             lr = optimizer.param_groups[0]["lr"]
             desc = f"epoch {epoch}/{cfg.epochs}"
             with tqdm(total=steps_per_epoch, desc=desc, unit="batch", leave=False, disable=None) as bar:
@@ -246,6 +258,8 @@ def fit(cfg: TrainConfig, data: Dataset, run_dir: Path, device: torch.device) ->
             if val_acc > best_acc:
                 best_acc, best_epoch = val_acc, epoch
                 save_checkpoint(run_dir / "best.pth", model, **fields)
+            # training + validation + logging + checkpoints: what an epoch costs the person waiting
+            row["wall_seconds"] = time.perf_counter() - epoch_start
 
         # The final numbers come from the best epoch's weights (by validation accuracy).
         best = torch.load(run_dir / "best.pth", map_location=device, weights_only=True)

@@ -1,0 +1,277 @@
+"""Benchmark: the tutorial's training loop against vizkit's runner, side by side, on this machine.
+
+    python experiments/bench.py                 # about 5 minutes on 2 cores; writes experiments/results/
+    python experiments/bench.py --repeats 5
+    python experiments/bench.py --smoke         # one batch of each, to check the script still runs
+
+Variants, each in its own process so peak memory is its own:
+  a  tutorial: recipe 001 as the tutorials write it (torchvision MNIST, per-sample ToTensor + Normalize,
+     DataLoader batch 64, SGD 0.01 momentum 0.5), the same `net` model, one epoch on the same 55,000 images
+  b  vizkit.train --config 001-net --epochs 1 --log off
+  c  vizkit.train --config 001-net --epochs 1 --log full
+  d  inference on b's best epoch: torch eager vs onnxruntime on model.onnx, batch 1 and batch 256
+  e  vizkit.train (the default recipe): seconds of training and test accuracy (once; it is the long one)
+Epoch time is the whole epoch: training, validation, logging and checkpoints (the tutorial's is training only,
+which favours the baseline). Medians over --repeats runs; ratios b/a and c/b.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import resource
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from datetime import datetime
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+RESULTS = REPO / "experiments" / "results"
+
+
+def peak_rss_mb() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux reports KiB
+
+
+# --- variants (run in a child process) -----------------------------------------------------------------
+
+
+def tutorial(data_dir: str, limit: int) -> dict:
+    """The tutorials' loop, written as they write it."""
+    import torch
+    import torch.nn.functional as F
+    from torch.utils.data import DataLoader, Subset
+    from torchvision import datasets, transforms
+
+    from vizkit.data import ensure_mnist
+    from vizkit.models import get_model
+
+    ensure_mnist(Path(data_dir))
+    torch.manual_seed(0)
+    transform = transforms.Compose([transforms.ToTensor(), transforms.Normalize((0.1307,), (0.3081,))])
+    train_set = datasets.MNIST(data_dir, train=True, transform=transform)
+    train_set = Subset(train_set, range(min(limit, 55_000)))  # the images vizkit trains on; the rest is its val
+    test_set = datasets.MNIST(data_dir, train=False, transform=transform)
+    train_loader = DataLoader(train_set, batch_size=64, shuffle=True)
+    test_loader = DataLoader(test_set, batch_size=1000)
+    model = get_model("net")
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.5)
+    start = time.perf_counter()
+    model.train()
+    for batch_idx, (data, target) in enumerate(train_loader):
+        optimizer.zero_grad()
+        loss = F.cross_entropy(model(data), target)
+        loss.backward()
+        optimizer.step()
+        if batch_idx % 300 == 0:
+            print(f"batch {batch_idx} loss {loss.item():.4f}", file=sys.stderr)
+    seconds = time.perf_counter() - start
+    model.eval()
+    correct = 0
+    with torch.no_grad():
+        for data, target in test_loader:
+            correct += (model(data).argmax(1) == target).sum().item()
+    return {
+        "epoch_seconds": seconds,
+        "images_per_second": len(train_set) / seconds,
+        "test_accuracy": correct / len(test_set),
+    }
+
+
+def runner(data_dir: str, limit: int, log: str, config: str | None, run_dir: str, epochs: int | None) -> dict:
+    from vizkit.train import main
+
+    argv = ["--log", log, "--data-dir", data_dir, "--run-dir", run_dir, "--limit-train", str(limit)]
+    argv += ["--config", config] if config else []
+    argv += ["--epochs", str(epochs)] if epochs else []
+    if main(argv) != 0:
+        raise SystemExit("vizkit.train failed")
+    metrics = json.loads((Path(run_dir) / "metrics.json").read_text())
+    first = metrics["history"][0]
+    return {
+        "epoch_seconds": statistics.median(h["wall_seconds"] for h in metrics["history"]),
+        "train_seconds_first_epoch": first["seconds"],
+        "images_per_second": first["images_per_second"],
+        "test_accuracy": metrics["test_accuracy"],
+        "train_seconds": metrics["train_seconds"],
+        "epochs": len(metrics["history"]),
+    }
+
+
+def inference(run_dir: str, quick: bool) -> dict:
+    import numpy as np
+    import onnxruntime as ort
+    import torch
+
+    from vizkit.export import Normalized, load_checkpoint
+
+    model, ckpt = load_checkpoint(Path(run_dir) / "best.pth")
+    eager = Normalized(model, ckpt["mean"], ckpt["std"]).eval()
+    session = ort.InferenceSession(str(Path(run_dir) / "model.onnx"), providers=["CPUExecutionProvider"])
+    out = {}
+    for batch, iters in ((1, 20 if quick else 2000), (256, 2 if quick else 40)):
+        x = torch.rand(batch, *ckpt["input_shape"])
+        xn = x.numpy().astype(np.float32)
+
+        def run_torch(x: torch.Tensor = x) -> None:
+            with torch.inference_mode():
+                eager(x)
+
+        def run_ort(xn: np.ndarray = xn) -> None:
+            session.run(None, {"image": xn})
+
+        for name, fn in (("torch", run_torch), ("onnxruntime", run_ort)):
+            for _ in range(max(2, iters // 10)):  # warm-up
+                fn()
+            start = time.perf_counter()
+            for _ in range(iters):
+                fn()
+            per_call = (time.perf_counter() - start) / iters
+            out[f"{name}_batch{batch}_ms"] = per_call * 1000
+            out[f"{name}_batch{batch}_images_per_second"] = batch / per_call
+    return out
+
+
+def child(args: argparse.Namespace) -> None:
+    start = time.perf_counter()
+    if args.variant == "tutorial":
+        result = tutorial(args.data_dir, args.limit)
+    elif args.variant == "inference":
+        result = inference(args.run_dir, args.limit < 1000)
+    else:
+        log = {"vizkit-off": "off", "vizkit-full": "full", "default": "full"}[args.variant]
+        config = None if args.variant == "default" else "001-net"
+        epochs = 1 if args.variant != "default" else (1 if args.limit < 1000 else None)
+        result = runner(args.data_dir, args.limit, log, config, args.run_dir, epochs)
+    result["peak_rss_mb"] = peak_rss_mb()
+    result["process_seconds"] = time.perf_counter() - start
+    print("RESULT " + json.dumps(result))
+
+
+# --- the parent: runs the children, takes medians, writes the results -----------------------------------
+
+
+def run_child(variant: str, data_dir: str, limit: int, run_dir: str = "") -> dict:
+    cmd = [sys.executable, __file__, "--variant", variant, "--data-dir", data_dir, "--limit", str(limit)]
+    cmd += ["--run-dir", run_dir] if run_dir else []
+    proc = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True)
+    lines = [line for line in proc.stdout.splitlines() if line.startswith("RESULT ")]
+    if proc.returncode != 0 or not lines:
+        raise SystemExit(f"bench variant {variant} failed:\n{proc.stderr[-3000:]}")
+    return json.loads(lines[-1][len("RESULT ") :])
+
+
+def machine() -> dict:
+    import torch
+
+    cpu = platform.processor() or platform.machine()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    return {
+        "cpu": cpu,
+        "cores": os.cpu_count(),
+        "torch_threads": torch.get_num_threads(),
+        "torch": torch.__version__,
+        "python": platform.python_version(),
+        "cuda": torch.cuda.is_available(),
+    }
+
+
+def median_of(runs: list[dict]) -> dict:
+    return {k: statistics.median(r[k] for r in runs) for k in runs[0]}
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--repeats", type=int, default=3, help="runs of a, b, c and d; medians are reported (default 3)")
+    p.add_argument("--data-dir", default=str(REPO / "data"))
+    p.add_argument("--smoke", action="store_true", help="one batch per variant: checks the script, measures nothing")
+    p.add_argument("--out", help="results file (default: experiments/results/bench-<date>.json)")
+    p.add_argument("--variant", help=argparse.SUPPRESS)
+    p.add_argument("--limit", type=int, default=55_000, help=argparse.SUPPRESS)
+    p.add_argument("--run-dir", default="", help=argparse.SUPPRESS)
+    args = p.parse_args(argv)
+    if args.variant:
+        child(args)
+        return 0
+
+    limit = 64 if args.smoke else 55_000
+    repeats = 1 if args.smoke else args.repeats
+    runs: dict[str, list[dict]] = {"a_tutorial": [], "b_vizkit_log_off": [], "c_vizkit_log_full": [], "d_inference": []}
+    with tempfile.TemporaryDirectory(prefix="vizkit-bench-") as tmp:
+        for r in range(repeats):
+            # interleaved, so drift in the machine's speed hits every variant alike
+            runs["a_tutorial"].append(run_child("tutorial", args.data_dir, limit))
+            off_dir = f"{tmp}/off{r}"
+            runs["b_vizkit_log_off"].append(run_child("vizkit-off", args.data_dir, limit, off_dir))
+            runs["c_vizkit_log_full"].append(run_child("vizkit-full", args.data_dir, limit, f"{tmp}/full{r}"))
+            runs["d_inference"].append(run_child("inference", args.data_dir, limit, off_dir))
+            print(f"repeat {r + 1}/{repeats} done", file=sys.stderr)
+        default = run_child("default", args.data_dir, limit, f"{tmp}/default")
+
+    med = {k: median_of(v) for k, v in runs.items()}
+    a, b, c, d = med["a_tutorial"], med["b_vizkit_log_off"], med["c_vizkit_log_full"], med["d_inference"]
+    ratios = {
+        "b_over_a_epoch_seconds": b["epoch_seconds"] / a["epoch_seconds"],
+        "c_over_b_epoch_seconds": c["epoch_seconds"] / b["epoch_seconds"],
+        "accuracy_b_minus_a_points": 100 * (b["test_accuracy"] - a["test_accuracy"]),
+        "ort_over_torch_latency_batch1": d["onnxruntime_batch1_ms"] / d["torch_batch1_ms"],
+        "ort_over_torch_latency_batch256": d["onnxruntime_batch256_ms"] / d["torch_batch256_ms"],
+    }
+    targets = {
+        "b/a <= 0.33": ratios["b_over_a_epoch_seconds"] <= 0.33,
+        "equal accuracy after one epoch (within 0.3 points)": abs(ratios["accuracy_b_minus_a_points"]) <= 0.3,
+        "c/b <= 1.05": ratios["c_over_b_epoch_seconds"] <= 1.05,
+        "default recipe >= 99.0% within 60 s of training": default["test_accuracy"] >= 0.99
+        and default["train_seconds"] <= 60,
+        "onnxruntime batch-1 latency <= half of torch's": ratios["ort_over_torch_latency_batch1"] <= 0.5,
+        "onnxruntime at batch 256 at least as fast": ratios["ort_over_torch_latency_batch256"] <= 1.0,
+    }
+    result = {
+        "date": datetime.now().isoformat(timespec="seconds"),
+        "smoke": args.smoke,
+        "repeats": repeats,
+        "machine": machine(),
+        "medians": med,
+        "default_recipe": default,
+        "ratios": ratios,
+        "targets_met": targets,
+        "runs": runs,
+    }
+    out = Path(args.out) if args.out else RESULTS / f"bench-{datetime.now():%Y%m%d-%H%M%S}.json"
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(result, indent=2) + "\n")
+
+    print("| variant | epoch s | images/s | test acc | peak RSS MB |\n|---|---|---|---|---|")
+    for name, m in (("a tutorial loop", a), ("b vizkit --log off", b), ("c vizkit --log full", c)):
+        print(
+            f"| {name} | {m['epoch_seconds']:.2f} | {m['images_per_second']:.0f} | "
+            f"{100 * m['test_accuracy']:.2f}% | {m['peak_rss_mb']:.0f} |"
+        )
+    print("\nratios: " + ", ".join(f"{k} = {v:.3f}" for k, v in ratios.items()))
+    print(
+        f"inference ms (torch / onnxruntime): batch 1 {d['torch_batch1_ms']:.3f} / {d['onnxruntime_batch1_ms']:.3f}, "
+        f"batch 256 {d['torch_batch256_ms']:.2f} / {d['onnxruntime_batch256_ms']:.2f}"
+    )
+    print(
+        f"default recipe: {100 * default['test_accuracy']:.2f}% after {default['epochs']} epochs, "
+        f"{default['train_seconds']:.1f} s of training"
+    )
+    for name, ok in targets.items():
+        print(f"  [{'met' if ok else 'MISSED'}] {name}")
+    print(f"results: {out}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,22 @@
+"""The benchmark is not part of the suite; this runs it on one batch per variant so it cannot rot."""
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def test_bench_smoke(tmp_path, data_dir):
+    out = tmp_path / "bench.json"
+    cmd = [sys.executable, "experiments/bench.py", "--smoke", "--out", str(out), "--data-dir", str(data_dir)]
+    result = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stderr[-2000:]
+    report = json.loads(out.read_text())
+    assert set(report["medians"]) == {"a_tutorial", "b_vizkit_log_off", "c_vizkit_log_full", "d_inference"}
+    assert report["machine"]["cores"] >= 1 and report["machine"]["torch"]
+    # same model, seed and recipe: the tutorial loop and vizkit's runner start from the same weights
+    assert report["medians"]["a_tutorial"]["test_accuracy"] > 0
+    assert set(report["ratios"]) >= {"b_over_a_epoch_seconds", "c_over_b_epoch_seconds"}
+    assert "b/a <= 0.33" in result.stdout
