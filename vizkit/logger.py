@@ -44,9 +44,13 @@ def feature_grid(maps: torch.Tensor) -> torch.Tensor:
 class RunLogger:
     """A SummaryWriter that knows vizkit's tags and levels; a context manager, and close() is safe twice."""
 
-    def __init__(self, run_dir: str | Path, level: str = "full", epochs: int = 1) -> None:
+    def __init__(
+        self, run_dir: str | Path, level: str = "full", epochs: int = 1, purge_step: int | None = None
+    ) -> None:
+        """`purge_step`: on resume, the first step to log again; TensorBoard drops what an interrupted
+        epoch left at or after it, so resumed curves have no doubled segment."""
         self.level = level
-        self.writer = SummaryWriter(logdir=str(run_dir)) if level != "off" else None
+        self.writer = SummaryWriter(logdir=str(run_dir), purge_step=purge_step) if level != "off" else None
         self.image_epochs = image_epochs(epochs)
 
     @property

@@ -9,6 +9,8 @@ import numpy as np
 import torch
 from matplotlib.figure import Figure
 
+from vizkit.files import atomic_write
+
 
 def curves_figure(history: Sequence[dict]) -> Figure:
     """Loss and accuracy per epoch, train and validation, side by side."""
@@ -29,10 +31,10 @@ def curves_figure(history: Sequence[dict]) -> Figure:
 
 
 def save_figure(fig: Figure, path: str | Path) -> Path:
+    """Save as PNG, atomically: an interrupted save leaves the previous file."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path)
-    return path
+    return atomic_write(path, lambda tmp: fig.savefig(tmp, format="png"))
 
 
 def samples_figure(images: torch.Tensor, labels: torch.Tensor, classes: Sequence[str], cols: int = 10) -> Figure:

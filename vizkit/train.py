@@ -1,7 +1,8 @@
 """python -m vizkit.train: train a model on MNIST (or another dataset) and leave a run directory to look into.
 
 The run directory holds config.toml, last.pth, best.pth, model.onnx, metrics.json, curves.png and the
-TensorBoard event file.
+TensorBoard event file. Ctrl-C or SIGTERM abandons the current epoch and keeps the last finished one;
+`--resume RUN_DIR` continues from it. `torchrun --nproc_per_node=N -m vizkit.train` trains with DDP.
 """
 
 from __future__ import annotations
@@ -10,8 +11,12 @@ import argparse
 import dataclasses
 import json
 import logging
+import signal
 import sys
+import threading
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from datetime import datetime
 from pathlib import Path
 from typing import Any
@@ -19,14 +24,18 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torch.nn.parallel import DistributedDataParallel
 from tqdm import tqdm
 
 from vizkit import config as cfgmod
+from vizkit import distributed
 from vizkit.cli import run_cli
 from vizkit.config import TrainConfig
 from vizkit.data import Dataset, Split, batches, load_dataset, num_batches
+from vizkit.distributed import Dist
 from vizkit.errors import VizkitError
-from vizkit.export import check_onnx, export_onnx, save_checkpoint
+from vizkit.export import check_onnx, export_onnx, read_checkpoint, save_checkpoint
+from vizkit.files import atomic_write_text
 from vizkit.logger import RunLogger
 from vizkit.models import conv_layer_names, get_model, list_models
 from vizkit.plots import curves_figure, save_figure
@@ -83,75 +92,146 @@ def make_scheduler(
     return None, False
 
 
-def train_one_epoch(
-    model: nn.Module,
-    split: Split,
-    cfg: TrainConfig,
-    norm: tuple[tuple[float, ...], tuple[float, ...]],
-    optimizer: torch.optim.Optimizer,
-    scheduler: torch.optim.lr_scheduler.LRScheduler | None,
-    per_batch: bool,
-    generator: torch.Generator,
-    logger: RunLogger,
-    first_step: int,
-    bar: tqdm,
-) -> EpochResult:
-    model.train()
+class Interrupted(Exception):
+    """SIGINT or SIGTERM arrived: the current epoch is abandoned."""
+
+    def __init__(self, signum: int) -> None:
+        super().__init__(signal.Signals(signum).name)
+        self.signum = signum
+
+
+class StopFlag:
+    """SIGINT and SIGTERM set it and the training loop checks it between steps, so no write is cut in half.
+
+    A second signal is not caught: it stops the process at once (the files are still whole, see files.py).
+    """
+
+    def __init__(self) -> None:
+        self.signum: int | None = None
+
+    def _handle(self, signum: int, _frame: object) -> None:
+        self.signum = signum
+        signal.signal(signum, signal.default_int_handler if signum == signal.SIGINT else signal.SIG_DFL)
+
+    @contextmanager
+    def installed(self) -> Iterator[StopFlag]:
+        if threading.current_thread() is not threading.main_thread():
+            yield self  # signal handlers can only be set from the main thread
+            return
+        previous = {s: signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM)}
+        try:
+            for s in previous:
+                signal.signal(s, self._handle)
+            yield self
+        finally:
+            for s, handler in previous.items():
+                signal.signal(s, handler)
+
+
+@dataclasses.dataclass
+class Loop:
+    """Everything one training epoch needs."""
+
+    cfg: TrainConfig
+    norm: tuple[tuple[float, ...], tuple[float, ...]]
+    model: nn.Module  # the model itself: hooks, checkpoints and evaluation use it
+    trainer: nn.Module  # what the training step calls: the model, or its DistributedDataParallel wrapper
+    optimizer: torch.optim.Optimizer
+    scheduler: torch.optim.lr_scheduler.LRScheduler | None
+    per_batch: bool
+    generator: torch.Generator
+    logger: RunLogger
+    dist: Dist
+    stop: StopFlag
+    steps_per_epoch: int
+    run_dir: Path
+
+
+def train_one_epoch(loop: Loop, split: Split, epoch: int, bar: tqdm) -> EpochResult:
+    cfg, d = loop.cfg, loop.dist
+    loop.trainer.train()
     start = time.perf_counter()
     device = split.labels.device
     # Sums stay on the device and are read once per log interval: a .item() per step would sync every step.
     loss_sum = torch.zeros((), device=device)
     correct = torch.zeros((), device=device, dtype=torch.int64)
     interval_loss = torch.zeros((), device=device)
+    bad_step = torch.zeros((), device=device, dtype=torch.int64)  # first step whose loss was NaN or inf
     interval_n = 0
     seen = 0
-    step = first_step
-    layout = memory_format(model)
+    step = (epoch - 1) * loop.steps_per_epoch
+    layout = memory_format(loop.model)
+    per_rank = max(1, cfg.batch_size // d.world)  # --batch-size is the global batch
     for x, y in batches(
-        split, cfg.batch_size, *norm, shuffle=True, generator=generator, augment=cfg.augment, memory_format=layout
-    ):
-        logits = model(x)
+        split, per_rank, *loop.norm, shuffle=True, generator=loop.generator, augment=cfg.augment,
+        memory_format=layout, shard=(d.rank, d.world),
+    ):  # fmt: skip
+        if distributed.any_rank(d, loop.stop.signum is not None, device):
+            raise Interrupted(loop.stop.signum or signal.SIGTERM)
+        logits = loop.trainer(x)
         loss = F.cross_entropy(logits, y)
-        optimizer.zero_grad(set_to_none=True)
+        loop.optimizer.zero_grad(set_to_none=True)
         loss.backward()
-        optimizer.step()
-        if scheduler is not None and per_batch:
-            scheduler.step()
+        loop.optimizer.step()
+        if loop.scheduler is not None and loop.per_batch:
+            loop.scheduler.step()
         step += 1
         seen += len(y)
         batch_loss = loss.detach()
         loss_sum += batch_loss * len(y)
         correct += (logits.detach().argmax(1) == y).sum()
         interval_loss += batch_loss
+        bad_step = torch.where((bad_step == 0) & ~torch.isfinite(batch_loss), step, bad_step)
         interval_n += 1
         if step % cfg.log_every == 0:
+            check_finite(loop, bad_step, batch_loss, epoch)
             mean_loss = (interval_loss / interval_n).item()
-            logger.scalars({"loss/train_step": mean_loss}, step)
+            loop.logger.scalars({"loss/train_step": mean_loss}, step)
             bar.set_postfix(loss=f"{mean_loss:.4f}", acc=f"{100 * correct.item() / seen:.2f}%")
             interval_loss.zero_()
             interval_n = 0
         bar.update(1)
+    check_finite(loop, bad_step, loss_sum, epoch)
     if device.type == "cuda":
         torch.cuda.synchronize()
     seconds = time.perf_counter() - start
-    return EpochResult(loss_sum.item() / seen, correct.item() / seen, seconds, seen)
+    totals = distributed.all_sum(d, torch.stack([loss_sum.double(), correct.double(), torch.tensor(seen).double()]))
+    return EpochResult(float(totals[0] / totals[2]), float(totals[1] / totals[2]), seconds, int(totals[2]))
+
+
+def check_finite(loop: Loop, bad_step: torch.Tensor, value: torch.Tensor, epoch: int) -> None:
+    """Stop on a NaN or infinite loss, naming the step and the learning rate; last.pth stays as it was."""
+    first_bad = int(bad_step.item())
+    if first_bad:
+        kind = "NaN" if torch.isnan(value).item() else "infinite"
+        lr = loop.optimizer.param_groups[0]["lr"]
+        kept = f"{loop.run_dir / 'last.pth'} keeps epoch {epoch - 1}" if epoch > 1 else "no epoch was finished"
+        raise VizkitError(
+            f"the loss became {kind} at step {first_bad} (epoch {epoch}, lr {lr:.3g}); training stopped and {kept}. "
+            "Lower --lr (or check the data) and train again"
+        )
 
 
 @torch.no_grad()
 def evaluate(
-    model: nn.Module, split: Split, batch_size: int, norm: tuple[tuple[float, ...], tuple[float, ...]]
+    model: nn.Module,
+    split: Split,
+    batch_size: int,
+    norm: tuple[tuple[float, ...], tuple[float, ...]],
+    d: Dist = distributed.SINGLE,
 ) -> tuple[float, float]:
-    """Mean cross-entropy and accuracy (a fraction) over a whole split, in eval mode."""
+    """Mean cross-entropy and accuracy (a fraction) over a whole split, in eval mode; with several processes,
+    each takes a share and the sums are added, so the result equals a single-process evaluation."""
     was_training = model.training
     model.eval()
-    loss_sum = torch.zeros((), device=split.labels.device)
-    correct = torch.zeros((), device=split.labels.device, dtype=torch.int64)
-    for x, y in batches(split, batch_size, *norm, memory_format=memory_format(model)):
+    sums = torch.zeros(2, device=split.labels.device, dtype=torch.float64)  # loss, correct
+    for x, y in batches(split, batch_size, *norm, memory_format=memory_format(model), shard=(d.rank, d.world)):
         logits = model(x)
-        loss_sum += F.cross_entropy(logits, y, reduction="sum")
-        correct += (logits.argmax(1) == y).sum()
+        sums[0] += F.cross_entropy(logits, y, reduction="sum")
+        sums[1] += (logits.argmax(1) == y).sum()
     model.train(was_training)
-    return loss_sum.item() / len(split), correct.item() / len(split)
+    distributed.all_sum(d, sums)
+    return float(sums[0]) / len(split), float(sums[1]) / len(split)
 
 
 def new_run_dir(cfg: TrainConfig) -> Path:
@@ -178,8 +258,34 @@ def new_run_dir(cfg: TrainConfig) -> Path:
     return path
 
 
-def fit(cfg: TrainConfig, data: Dataset, run_dir: Path, device: torch.device) -> dict[str, Any]:
-    """Train, evaluate and export; returns the metrics written to metrics.json."""
+def resume_state(loop: Loop, history: list[dict], best_acc: float, best_epoch: int) -> dict[str, Any]:
+    """What last.pth needs beyond the weights for --resume to continue exactly where the run stopped."""
+    return {
+        "optimizer": loop.optimizer.state_dict(),
+        "scheduler": loop.scheduler.state_dict() if loop.scheduler is not None else None,
+        "rng": torch.get_rng_state(),
+        "cuda_rng": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
+        "generator": loop.generator.get_state(),
+        "history": history,
+        "best_val_accuracy": best_acc,
+        "best_epoch": best_epoch,
+    }
+
+
+def fit(
+    cfg: TrainConfig,
+    data: Dataset,
+    run_dir: Path,
+    device: torch.device,
+    *,
+    d: Dist = distributed.SINGLE,
+    stop: StopFlag | None = None,
+    resume: dict[str, Any] | None = None,
+) -> dict[str, Any] | None:
+    """Train, evaluate and export; returns the metrics written to metrics.json (None on ranks other than 0).
+
+    `resume` is a last.pth checkpoint to continue from: weights, optimiser, scheduler, RNG states and history.
+    """
     spec = data.spec
     mean = tuple(cfg.mean) or spec.mean
     std = tuple(cfg.std) or spec.std
@@ -188,12 +294,13 @@ def fit(cfg: TrainConfig, data: Dataset, run_dir: Path, device: torch.device) ->
     generator = torch.Generator().manual_seed(cfg.seed)
     model = get_model(cfg.model, spec.channels, spec.size, len(spec.classes))
     model = model.to(device, memory_format=memory_format(model))
+    trainer = DistributedDataParallel(model) if d.enabled else model
     train, val, test = data.train.to(device), data.val.to(device), data.test.to(device)
     optimizer = make_optimizer(cfg, model)
-    steps_per_epoch = num_batches(train, cfg.batch_size)
+    steps_per_epoch = num_batches(train, max(1, cfg.batch_size // d.world), d.world)
     scheduler, per_batch = make_scheduler(cfg, optimizer, steps_per_epoch)
     conv_layers = conv_layer_names(model)
-    feature_batch = batches(val, FEATURE_BATCH, *norm).__next__()[0]
+    feature_batch = next(batches(val, FEATURE_BATCH, *norm))[0]
     checkpoint_fields = {
         "model": cfg.model,
         "config": cfg.to_dict(),
@@ -205,23 +312,41 @@ def fit(cfg: TrainConfig, data: Dataset, run_dir: Path, device: torch.device) ->
     }
 
     history: list[dict[str, float]] = []
-    best_acc, best_epoch = -1.0, 0
-    with RunLogger(run_dir, cfg.log, cfg.epochs) as logger:
-        logger.text("config", "```\n" + cfgmod.to_toml(cfg) + "```")
-        logger.samples(train.images[:20], train.labels[:20], spec.classes)
-        traced = logger.graph(model, feature_batch)
-        for epoch in range(1, cfg.epochs + 1):
+    best_acc, best_epoch, start_epoch = -1.0, 0, 1
+    if resume is not None:
+        state = resume["resume"]
+        model.load_state_dict(resume["state_dict"])
+        optimizer.load_state_dict(state["optimizer"])
+        if scheduler is not None:
+            scheduler.load_state_dict(state["scheduler"])
+        torch.set_rng_state(state["rng"])
+        if state["cuda_rng"] and torch.cuda.is_available():
+            torch.cuda.set_rng_state_all(state["cuda_rng"])
+        generator.set_state(state["generator"])
+        history, best_acc, best_epoch = list(state["history"]), state["best_val_accuracy"], state["best_epoch"]
+        start_epoch = resume["epoch"] + 1
+    purge = (start_epoch - 1) * steps_per_epoch + 1 if resume is not None else None
+    level = cfg.log if d.main else "off"
+    with RunLogger(run_dir, level, cfg.epochs, purge_step=purge) as logger:
+        loop = Loop(
+            cfg, norm, model, trainer, optimizer, scheduler, per_batch, generator, logger, d, stop or StopFlag(),
+            steps_per_epoch, run_dir,
+        )  # fmt: skip
+        if resume is None:
+            logger.text("config", "```\n" + cfgmod.to_toml(cfg) + "```")
+            logger.samples(train.images[:20], train.labels[:20], spec.classes)
+        traced = logger.graph(model, feature_batch) if resume is None else True
+        for epoch in range(start_epoch, cfg.epochs + 1):
             epoch_start = time.perf_counter()
             lr = optimizer.param_groups[0]["lr"]
             desc = f"epoch {epoch}/{cfg.epochs}"
-            with tqdm(total=steps_per_epoch, desc=desc, unit="batch", leave=False, disable=None) as bar:
-                result = train_one_epoch(
-                    model, train, cfg, norm, optimizer, scheduler, per_batch, generator, logger,
-                    (epoch - 1) * steps_per_epoch, bar,
-                )  # fmt: skip
+            with tqdm(
+                total=steps_per_epoch, desc=desc, unit="batch", leave=False, disable=None if d.main else True
+            ) as bar:
+                result = train_one_epoch(loop, train, epoch, bar)
             if scheduler is not None and not per_batch:
                 scheduler.step()
-            val_loss, val_acc = evaluate(model, val, cfg.eval_batch_size, norm)
+            val_loss, val_acc = evaluate(model, val, cfg.eval_batch_size, norm, d)
             row = {
                 "epoch": epoch,
                 "train_loss": result.loss,
@@ -247,24 +372,32 @@ def fit(cfg: TrainConfig, data: Dataset, run_dir: Path, device: torch.device) ->
             )
             logger.feature_maps(model, conv_layers, feature_batch, epoch)
             logger.histograms(model, epoch)
-            print(
-                f"{desc}: train loss {result.loss:.4f} acc {100 * result.accuracy:.2f}% | "
-                f"val loss {val_loss:.4f} acc {100 * val_acc:.2f}% | "
-                f"{result.seconds:.1f} s, {row['images_per_second']:.0f} img/s",
-                flush=True,
-            )
-            fields = {**checkpoint_fields, "epoch": epoch, "val_accuracy": val_acc}
-            save_checkpoint(run_dir / "last.pth", model, **fields)
             if val_acc > best_acc:
                 best_acc, best_epoch = val_acc, epoch
-                save_checkpoint(run_dir / "best.pth", model, **fields)
             # training + validation + logging + checkpoints: what an epoch costs the person waiting
             row["wall_seconds"] = time.perf_counter() - epoch_start
+            if d.main:
+                print(
+                    f"{desc}: train loss {result.loss:.4f} acc {100 * result.accuracy:.2f}% | "
+                    f"val loss {val_loss:.4f} acc {100 * val_acc:.2f}% | "
+                    f"{result.seconds:.1f} s, {row['images_per_second']:.0f} img/s",
+                    flush=True,
+                )
+                fields = {**checkpoint_fields, "epoch": epoch, "val_accuracy": val_acc}
+                if best_epoch == epoch:
+                    save_checkpoint(run_dir / "best.pth", model, **fields)
+                # last.pth last: once it names this epoch, everything of this epoch is on disk
+                save_checkpoint(
+                    run_dir / "last.pth", model, **fields, resume=resume_state(loop, history, best_acc, best_epoch)
+                )
 
         # The final numbers come from the best epoch's weights (by validation accuracy).
+        distributed.barrier(d)
         best = torch.load(run_dir / "best.pth", map_location=device, weights_only=True)
         model.load_state_dict(best["state_dict"])
-        test_loss, test_acc = evaluate(model, test, cfg.eval_batch_size, norm)
+        test_loss, test_acc = evaluate(model, test, cfg.eval_batch_size, norm, d)
+        if not d.main:
+            return None
         model.cpu().eval()
         onnx_path = export_onnx(model, mean, std, checkpoint_fields["input_shape"], run_dir / "model.onnx")
         onnx_diff = check_onnx(onnx_path, model, mean, std, data.test.images[:64].float() / 255)
@@ -280,6 +413,7 @@ def fit(cfg: TrainConfig, data: Dataset, run_dir: Path, device: torch.device) ->
             "best_epoch": best_epoch,
             "best_val_accuracy": best_acc,
             "train_seconds": sum(h["seconds"] for h in history),
+            "processes": d.world,
             "onnx_max_abs_diff": onnx_diff,
             "history": history,
         }
@@ -287,7 +421,7 @@ def fit(cfg: TrainConfig, data: Dataset, run_dir: Path, device: torch.device) ->
             {k: v for k, v in cfg.to_dict().items() if k not in ("data_dir", "run_dir")},
             {"test_accuracy": test_acc, "test_loss": test_loss, "best_val_accuracy": best_acc},
         )
-    (run_dir / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")
+    atomic_write_text(run_dir / "metrics.json", json.dumps(metrics, indent=2) + "\n")
     save_figure(curves_figure(history), run_dir / "curves.png")
     return metrics
 
@@ -325,6 +459,7 @@ def build_parser() -> argparse.ArgumentParser:
     flag("--run-dir", "output directory; empty = runs/<date>-<time>-<model>", metavar="DIR")
     flag("--device", "device", choices=cfgmod.DEVICES)
     flag("--log", "TensorBoard logging: full, scalars only, or off", choices=cfgmod.LOG_LEVELS)
+    p.add_argument("--resume", metavar="RUN_DIR", help="continue an interrupted run from its last.pth and config.toml")
     p.add_argument(
         "--set",
         action="append",
@@ -338,14 +473,38 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def resolve_config(args: argparse.Namespace) -> TrainConfig:
-    """Defaults, then the TOML file, then --set, then the named flags."""
-    cfg = cfgmod.load_config(args.config) if args.config else TrainConfig()
+    """Defaults, then the TOML file, then --set, then the named flags; with --resume, the run's own config."""
     overrides = dict(cfgmod.parse_assignment(s) for s in args.set)
     for name in cfgmod.FIELDS:
         value = getattr(args, name, None)
         if value is not None:
             overrides[name] = value
+    if args.resume:
+        changed = sorted(set(overrides) - {"device", "data_dir"})
+        if args.config or changed:
+            given = ", ".join(["config"] * bool(args.config) + changed)
+            raise VizkitError(f"--resume continues a run with its own config.toml; leave out: {given}")
+        config_file = Path(args.resume) / "config.toml"
+        if not config_file.is_file():
+            raise VizkitError(
+                f"{args.resume} is not a run directory (no config.toml); give one written by vizkit.train"
+            )
+        return (
+            cfgmod.load_config(str(config_file))
+            if not overrides
+            else cfgmod.from_dict(overrides, "command line", cfgmod.load_config(str(config_file)))
+        )
+    cfg = cfgmod.load_config(args.config) if args.config else TrainConfig()
     return cfgmod.from_dict(overrides, "command line", cfg)
+
+
+def load_resume(run_dir: Path, cfg: TrainConfig) -> dict[str, Any]:
+    ckpt = read_checkpoint(run_dir / "last.pth")
+    if "resume" not in ckpt:
+        raise VizkitError(f"{run_dir / 'last.pth'} has no training state to resume from; train a new run")
+    if ckpt["epoch"] >= cfg.epochs and (run_dir / "metrics.json").is_file():
+        raise VizkitError(f"{run_dir} already finished its {cfg.epochs} epochs; nothing to resume")
+    return ckpt
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -353,22 +512,52 @@ def main(argv: list[str] | None = None) -> int:
 
     def body() -> int:
         cfg = resolve_config(args)
-        device = pick_device(cfg.device)
-        get_model(cfg.model)  # an unknown model fails here, before any data is loaded
-        data = load_dataset(cfg.dataset, cfg.data_dir, cfg.limit_train, cfg.val_size)
-        run_dir = new_run_dir(cfg)
+        d, device = distributed.init(pick_device(cfg.device))
+        try:
+            return train_main(cfg, d, device, Path(args.resume) if args.resume else None)
+        finally:
+            distributed.shutdown(d)
+
+    return run_cli(body, "vizkit.train")
+
+
+def train_main(cfg: TrainConfig, d: Dist, device: torch.device, resume_dir: Path | None) -> int:
+    get_model(cfg.model)  # an unknown model fails here, before any data is loaded
+    resume = load_resume(resume_dir, cfg) if resume_dir else None
+    if not d.main:
+        distributed.barrier(d)  # rank 0 fetches the data first; the others then read it
+    data = load_dataset(cfg.dataset, cfg.data_dir, cfg.limit_train, cfg.val_size)
+    if d.main:
+        distributed.barrier(d)
+    if resume_dir:
+        run_dir = resume_dir
+    else:
+        run_dir = Path(distributed.broadcast_text(d, str(new_run_dir(cfg)) if d.main else ""))
         cfg = dataclasses.replace(cfg, run_dir=str(run_dir))
-        (run_dir / "config.toml").write_text(cfgmod.to_toml(cfg))
-        print(f"training {cfg.model} on {cfg.dataset} ({len(data.train)} images) on {device}; run: {run_dir}")
-        metrics = fit(cfg, data, run_dir, device)
+        if d.main:
+            atomic_write_text(run_dir / "config.toml", cfgmod.to_toml(cfg))
+    if d.main:
+        what = f"resuming {run_dir} at epoch {resume['epoch'] + 1}" if resume else f"run: {run_dir}"
+        procs = f" x {d.world} processes" if d.enabled else ""
+        print(f"training {cfg.model} on {cfg.dataset} ({len(data.train)} images) on {device}{procs}; {what}")
+    stop = StopFlag()
+    try:
+        with stop.installed():
+            metrics = fit(cfg, data, run_dir, device, d=d, stop=stop, resume=resume)
+    except Interrupted as exc:
+        if d.main:
+            last = read_checkpoint(run_dir / "last.pth")["epoch"] if (run_dir / "last.pth").is_file() else 0
+            kept = f"epoch {last} is saved in {run_dir / 'last.pth'}" if last else "no epoch had finished"
+            print(f"vizkit.train: interrupted ({exc}); {kept}. Resume with: python -m vizkit.train --resume {run_dir}",
+                  file=sys.stderr)  # fmt: skip
+        return 128 + exc.signum
+    if metrics is not None:
         print(
             f"test accuracy {100 * metrics['test_accuracy']:.2f}% (loss {metrics['test_loss']:.4f}) "
             f"after {cfg.epochs} epoch{'s' if cfg.epochs > 1 else ''} in {metrics['train_seconds']:.1f} s; "
             f"run directory: {run_dir}"
         )
-        return 0
-
-    return run_cli(body, "vizkit.train")
+    return 0
 
 
 if __name__ == "__main__":
