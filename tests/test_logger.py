@@ -1,6 +1,7 @@
 import torch
 
-from vizkit.logger import RunLogger, feature_grid, image_epochs
+from vizkit.logger import RunLogger, image_epochs
+from vizkit.plots import feature_grid
 
 
 def test_image_epochs_fit_tensorboards_default_of_ten():

@@ -30,7 +30,8 @@ def test_run_directory_holds_everything(small_run):
         assert (small_run / name).is_file(), name
     assert len(list(small_run.glob("events.out.tfevents.*"))) == 1
     # hparams did not open a subfolder (features/ comes from vizkit.features, when its tests ran first)
-    assert {p.name for p in small_run.iterdir() if p.is_dir()} <= {"features"}
+    # (features/ comes from vizkit.features, 0000N/ holds the projector's embedding)
+    assert {p.name for p in small_run.iterdir() if p.is_dir()} <= {"features", "00002"}
     assert tomllib.loads((small_run / "config.toml").read_text())["run_dir"] == str(small_run)
 
 
@@ -182,3 +183,41 @@ def test_recipe_001_reaches_the_tutorials_accuracy_after_one_epoch(data_dir, tmp
     argv = ["--config", str(REPO / "experiments/001-net.toml"), "--epochs", "1", "--log", "off"]
     assert main(argv + ["--data-dir", str(data_dir), "--run-dir", str(tmp_path / "r")]) == 0
     assert json.loads((tmp_path / "r" / "metrics.json").read_text())["test_accuracy"] >= 0.955
+
+
+def test_confusion_matrix_agrees_with_the_test_accuracy(small_run):
+    metrics = json.loads((small_run / "metrics.json").read_text())
+    cm = np.array(metrics["confusion_matrix"])
+    assert cm.shape == (10, 10) and cm.sum() == 10_000
+    assert np.trace(cm) / cm.sum() == pytest.approx(metrics["test_accuracy"], abs=1e-9)
+    assert metrics["per_class_accuracy"][3] == pytest.approx(cm[3, 3] / cm[3].sum())
+    for name in ("confusion.png", "top_losses.png"):
+        with Image.open(small_run / name) as img:
+            assert img.size[0] > 600
+
+
+def test_evaluation_data_in_the_event_log(small_run):
+    ea = accumulator(small_run)
+    tags = ea.Tags()
+    assert {"eval/confusion_matrix", "eval/top_losses"} <= set(tags["images"])
+    assert "per_class_accuracy/7" in tags["scalars"]
+    assert {"activations/relu1/mean", "activations/relu1/std", "activations/relu4/dead_fraction"} <= set(
+        tags["scalars"]
+    )
+    dead = ea.Scalars("activations/relu4/dead_fraction")[-1].value
+    assert 0.0 <= dead <= 1.0
+    assert set(ea.PluginTagToContent("pr_curves")) == {f"pr/{k}" for k in range(10)}
+    # tensorboardX files text under <tag>/text_summary
+    assert {"model/summary/text_summary", "config/text_summary"} <= set(ea.PluginTagToContent("text"))
+    summary = ea.Tensors("model/summary/text_summary")[0].tensor_proto.string_val[0].decode()
+    assert "conv1" in summary and "98,554" in summary  # the default model's parameter count
+
+
+def test_projector_has_the_embedding(small_run):
+    config = (small_run / "projector_config.pbtxt").read_text()
+    assert 'tensor_name: "penultimate:' in config
+    folder = small_run / config.split('tensor_path: "')[1].split('"')[0]
+    tensors = (folder.parent / "tensors.tsv").read_text().strip().splitlines()
+    labels = (folder.parent / "metadata.tsv").read_text().strip().splitlines()
+    assert len(tensors) == len(labels) == 1000 and len(tensors[0].split("\t")) == 128  # fc1's width
+    assert (folder.parent / "sprite.png").is_file()

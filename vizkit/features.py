@@ -15,12 +15,13 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from vizkit.attribution import optimize_inputs
 from vizkit.cli import run_cli
 from vizkit.errors import VizkitError
 from vizkit.export import Normalized
 from vizkit.hooks import capture, layer_names, resolve_layers
 from vizkit.inputs import Sample, add_input_args, add_model_args, load_model, load_sample
-from vizkit.plots import activation_figure, kernels_figure, save_figure
+from vizkit.plots import activation_figure, kernels_figure, save_figure, tiles_figure
 
 
 def drawable_layers(model: nn.Module) -> list[str]:
@@ -59,6 +60,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--layer", action="append", default=[], help="layer name (repeatable), or 'all' (default: conv1)")
     p.add_argument("--list-layers", action="store_true", help="print the layer names with their output shapes")
     p.add_argument("--weights", action="store_true", help="draw the layer's conv kernels instead of its activations")
+    p.add_argument(
+        "--optimize", action="store_true", help="synthesise, per channel, the input that excites it most (from noise)"
+    )
     p.add_argument("--out", help="output .png (one layer) or directory (default: <run>/features/<layer>-<input>.png)")
     p.add_argument("--tensorboard", action="store_true", help="also add the figures to the run's TensorBoard log")
     return p
@@ -79,7 +83,16 @@ def main(argv: list[str] | None = None) -> int:
         modules = resolve_layers(model, layers)
         run_dir = ckpt_path.parent
         figures = {}
-        if args.weights:
+        if args.optimize:
+            net = Normalized(model, ckpt["mean"], ckpt["std"]).eval()
+            for name, module in modules.items():
+                if not isinstance(module, nn.Conv2d):
+                    convs = ", ".join(n for n, m in model.named_modules() if isinstance(m, nn.Conv2d))
+                    raise VizkitError(f"--optimize works on conv layers and '{name}' is not one; try {convs}")
+                inputs = optimize_inputs(net, model, name, ckpt["input_shape"])
+                title = f"{name}: for each channel, the input that excites it most (gradient ascent from noise)"
+                figures[f"{name}-optimized"] = tiles_figure(inputs, title)
+        elif args.weights:
             for name, module in modules.items():
                 if not isinstance(module, nn.Conv2d):
                     convs = ", ".join(n for n, m in model.named_modules() if isinstance(m, nn.Conv2d))

@@ -29,11 +29,14 @@ def resolve_layers(model: nn.Module, names: list[str]) -> dict[str, nn.Module]:
 
 
 @contextmanager
-def capture(model: nn.Module, names: list[str], *, eval_mode: bool = True) -> Iterator[dict[str, torch.Tensor]]:
+def capture(
+    model: nn.Module, names: list[str], *, eval_mode: bool = True, detach: bool = True
+) -> Iterator[dict[str, torch.Tensor]]:
     """Record the outputs of the named layers as detached CPU tensors in the dict this yields.
 
-    `eval_mode` runs the model in eval mode (BatchNorm statistics, no dropout) for the duration. On exit,
-    normal or by exception, every hook is removed and the model's train/eval mode is restored.
+    `eval_mode` runs the model in eval mode (BatchNorm statistics, no dropout) for the duration.
+    `detach=False` keeps the outputs in the autograd graph, on their device (for Grad-CAM and the like).
+    On exit, normal or by exception, every hook is removed and the model's train/eval mode is restored.
     """
     modules = resolve_layers(model, names)
     captured: dict[str, torch.Tensor] = {}
@@ -43,7 +46,7 @@ def capture(model: nn.Module, names: list[str], *, eval_mode: bool = True) -> It
     def hook_for(name: str):  # noqa: ANN202
         def store(_module: nn.Module, _inputs: tuple, output: torch.Tensor | tuple) -> None:
             out = output[0] if isinstance(output, (tuple, list)) else output
-            captured[name] = out.detach().cpu()
+            captured[name] = out.detach().cpu() if detach else out
 
         return store
 

@@ -1,7 +1,8 @@
 """What goes into a run's TensorboardX event log, under which tag, and when.
 
 Tags are grouped so TensorBoard's dashboard reads well: loss/*, accuracy/*, lr, speed/*, features/*,
-weights/*, grads/*, samples/*, hparam/*. Levels: "full" logs everything, "scalars" only numbers,
+weights/*, grads/*, activations/*, samples/*, eval/*, per_class_accuracy/*, pr/*, hparam/*, and the
+embedding projector. Levels: "full" logs everything, "scalars" only numbers,
 "off" writes no event file at all.
 """
 
@@ -16,10 +17,10 @@ import torch
 from tensorboardX import SummaryWriter
 from tensorboardX.summary import hparams as hparams_summary
 from torch import nn
-from torchvision.utils import make_grid
 
+from vizkit.analysis import Predictions, activation_stats, confusion_matrix, top_losses
 from vizkit.hooks import capture
-from vizkit.plots import samples_figure
+from vizkit.plots import confusion_figure, feature_grid, samples_figure, top_losses_figure
 
 log = logging.getLogger(__name__)
 
@@ -31,14 +32,6 @@ def image_epochs(epochs: int, limit: int = TENSORBOARD_IMAGES_PER_TAG) -> set[in
     if epochs <= limit:
         return set(range(1, epochs + 1))
     return {round(1 + i * (epochs - 1) / (limit - 1)) for i in range(limit)}
-
-
-def feature_grid(maps: torch.Tensor) -> torch.Tensor:
-    """(B, C, H, W) activations -> one image: a row per input image, a tile per channel, one scale per layer."""
-    b, c, h, w = maps.shape
-    lo, hi = maps.min(), maps.max()
-    scaled = (maps - lo) / (hi - lo).clamp_min(1e-8)
-    return make_grid(scaled.reshape(b * c, 1, h, w), nrow=c, padding=1, pad_value=1.0)
 
 
 class RunLogger:
@@ -131,3 +124,43 @@ class RunLogger:
         for summary in hparams_summary(clean, tagged):
             file_writer.add_summary(summary)
         self.scalars(tagged, 0)
+
+    def activations(self, model: nn.Module, batch: torch.Tensor, epoch: int) -> None:
+        """Mean, std and dead fraction of every ReLU layer's output on a fixed batch."""
+        if not self.full:
+            return
+        for layer, stats in activation_stats(model, batch).items():
+            self.scalars({f"activations/{layer}/{k}": v for k, v in stats.items()}, epoch)
+
+    def evaluation(
+        self, pred: Predictions, images: torch.Tensor, classes: Sequence[str], step: int, embed: int = 1000
+    ) -> None:
+        """The test set's confusion matrix, per-class accuracy, top losses, PR curves and embedding projector."""
+        if self.writer is None:
+            return
+        cm = confusion_matrix(pred.labels, pred.preds, len(classes))
+        recall = cm.diag().float() / cm.sum(1).clamp_min(1)
+        self.scalars({f"per_class_accuracy/{_tag(c)}": float(r) for c, r in zip(classes, recall, strict=True)}, step)
+        if not self.full:
+            return
+        self.writer.add_figure("eval/confusion_matrix", confusion_figure(cm, classes), step)
+        worst = top_losses(pred)
+        fig = top_losses_figure(
+            images[worst], pred.labels[worst], pred.preds[worst], pred.probs[worst].amax(1), classes
+        )
+        self.writer.add_figure("eval/top_losses", fig, step)
+        for k, name in enumerate(classes):
+            self.writer.add_pr_curve(f"pr/{_tag(name)}", (pred.labels == k).int(), pred.probs[:, k], step)
+        if pred.features is not None:
+            n = min(embed, len(pred.labels))
+            self.writer.add_embedding(
+                pred.features[:n],
+                metadata=[classes[int(y)] for y in pred.labels[:n]],
+                label_img=images[:n].float() / 255,
+                global_step=step,
+                tag="penultimate",
+            )
+
+
+def _tag(name: str) -> str:
+    return name.replace("/", "-").replace(" ", "_")  # "T-shirt/top" would open a tag group of its own

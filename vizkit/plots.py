@@ -8,6 +8,7 @@ from pathlib import Path
 import numpy as np
 import torch
 from matplotlib.figure import Figure
+from torchvision.utils import make_grid
 
 from vizkit.files import atomic_write
 
@@ -152,3 +153,127 @@ def prediction_figure(
         ax_bars.set(ylim=(0, 1), ylabel="probability", title=f"{classes[best]} ({100 * probs[best]:.1f}%)")
     fig.tight_layout()
     return fig
+
+
+def confusion_figure(cm: torch.Tensor, classes: Sequence[str]) -> Figure:
+    """Counts and row-normalised rates side by side: row = true class, column = predicted class."""
+    counts = cm.numpy()
+    rates = counts / np.maximum(counts.sum(1, keepdims=True), 1)
+    fig = Figure(figsize=(13, 5.8), dpi=100)
+    for ax, data, title, fmt in zip(
+        fig.subplots(1, 2), (counts, rates), ("counts", "row-normalised (recall on the diagonal)"), ("d", ".2f"),
+        strict=True,
+    ):  # fmt: skip
+        shown = ax.imshow(data, cmap="Blues")
+        ax.set(title=title, xlabel="predicted", ylabel="true")
+        ax.set_xticks(range(len(classes)), classes, rotation=45 if max(map(len, classes)) > 2 else 0, fontsize=8)
+        ax.set_yticks(range(len(classes)), classes, fontsize=8)
+        top = data.max()
+        for i in range(data.shape[0]):
+            for j in range(data.shape[1]):
+                if data[i, j]:
+                    color = "white" if data[i, j] > top / 2 else "black"
+                    ax.text(j, i, format(data[i, j], fmt), ha="center", va="center", fontsize=7, color=color)
+        fig.colorbar(shown, ax=ax, shrink=0.8)
+    accuracy = np.trace(counts) / counts.sum()
+    fig.suptitle(f"confusion matrix on {counts.sum():,} test images: accuracy {100 * accuracy:.2f}%")
+    fig.tight_layout()
+    return fig
+
+
+def top_losses_figure(
+    images: torch.Tensor, labels: torch.Tensor, preds: torch.Tensor, probs: torch.Tensor, classes: Sequence[str]
+) -> Figure:
+    """The most confidently wrong images: true label, prediction and its probability over each."""
+    cols = min(8, len(images))
+    rows = (len(images) + cols - 1) // cols
+    fig = Figure(figsize=(cols * 1.6, rows * 2.3), dpi=100)
+    axes = fig.subplots(rows, cols, squeeze=False)
+    for ax in axes.flat:
+        ax.axis("off")
+    for i, ax in enumerate(axes.flat[: len(images)]):
+        img = (images[i].float() / 255).permute(1, 2, 0).numpy()
+        ax.imshow(img if img.shape[2] == 3 else img[:, :, 0], cmap="gray", vmin=0, vmax=1)
+        ax.set_title(
+            f"true {classes[int(labels[i])]}\npred {classes[int(preds[i])]} {100 * float(probs[i]):.0f}%", fontsize=8
+        )
+    fig.suptitle("top losses: the most confidently wrong test images", fontsize=10)
+    fig.tight_layout()
+    return fig
+
+
+def explain_figure(
+    pixels: torch.Tensor,
+    maps: dict[str, torch.Tensor],
+    probs: np.ndarray,
+    classes: Sequence[str],
+    title: str,
+    photo: np.ndarray | None = None,
+    first_layer: tuple[str, torch.Tensor] | None = None,
+) -> Figure:
+    """One figure: [the photo,] the input the model saw, the probabilities, each attribution map over the
+    input, and (below) the first conv layer's feature maps."""
+    top = (photo is not None) + 2 + len(maps)
+    fig = Figure(figsize=(2.6 * top, 6.2 if first_layer else 3.4), dpi=100)
+    grid = fig.add_gridspec(2 if first_layer else 1, top, height_ratios=[1.25, 1] if first_layer else None)
+    col = 0
+    if photo is not None:
+        ax = fig.add_subplot(grid[0, col])
+        ax.imshow(photo)
+        ax.set_title("your photo", fontsize=9)
+        ax.axis("off")
+        col += 1
+    _show_input(fig.add_subplot(grid[0, col]), pixels, f"what the model saw ({pixels.shape[-2]}x{pixels.shape[-1]})")
+    ax = fig.add_subplot(grid[0, col + 1])
+    best = int(np.argmax(probs))
+    ax.bar(range(len(probs)), probs, color=["tab:orange" if i == best else "tab:blue" for i in range(len(probs))])
+    ax.set_xticks(range(len(probs)), classes, rotation=45 if max(map(len, classes)) > 2 else 0, fontsize=7)
+    ax.set(ylim=(0, 1), title=f"{classes[best]} ({100 * probs[best]:.1f}%)")
+    gray = pixels.detach().float().mean(0).numpy()
+    for i, (name, m) in enumerate(maps.items()):
+        ax = fig.add_subplot(grid[0, col + 2 + i])
+        ax.imshow(gray, cmap="gray")
+        values = m.detach().float().numpy()
+        if values.min() < 0:  # signed attributions: red for, blue against
+            bound = float(np.abs(values).max()) or 1.0
+            ax.imshow(values, cmap="RdBu_r", vmin=-bound, vmax=bound, alpha=0.7)
+        else:
+            ax.imshow(values, cmap="jet", alpha=0.5)
+        ax.set_title(name, fontsize=9)
+        ax.axis("off")
+    if first_layer:
+        layer, act = first_layer
+        ax = fig.add_subplot(grid[1, :])
+        tiles = act[:32].unsqueeze(1)
+        lo, hi = tiles.min(), tiles.max()
+        image = make_grid((tiles - lo) / (hi - lo).clamp_min(1e-8), nrow=16, padding=1, pad_value=1.0)[0]
+        ax.imshow(image.numpy(), cmap="viridis")
+        ax.set_title(f"{layer}: feature maps of the first {len(tiles)} channels (one colour scale)", fontsize=9)
+        ax.axis("off")
+    fig.suptitle(title, fontsize=10)
+    fig.tight_layout()
+    return fig
+
+
+def tiles_figure(tiles: torch.Tensor, title: str) -> Figure:
+    """Grey images (N, C, H, W) in [0, 1] in a numbered grid: synthesised inputs, one per channel."""
+    n = len(tiles)
+    cols = int(np.ceil(np.sqrt(n * 1.5)))
+    rows = int(np.ceil(n / cols))
+    fig = Figure(figsize=(1.2 * cols + 0.5, 1.35 * rows + 0.8), dpi=100)
+    axes = fig.subplots(rows, cols, squeeze=False)
+    for ax in axes.flat:
+        ax.axis("off")
+    for i, ax in enumerate(axes.flat[:n]):
+        _show_input(ax, tiles[i], str(i))
+    fig.suptitle(title, fontsize=10)
+    fig.tight_layout()
+    return fig
+
+
+def feature_grid(maps: torch.Tensor) -> torch.Tensor:
+    """(B, C, H, W) activations -> one image: a row per input image, a tile per channel, one scale per layer."""
+    b, c, h, w = maps.shape
+    lo, hi = maps.min(), maps.max()
+    scaled = (maps - lo) / (hi - lo).clamp_min(1e-8)
+    return make_grid(scaled.reshape(b * c, 1, h, w), nrow=c, padding=1, pad_value=1.0)

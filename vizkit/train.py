@@ -29,6 +29,14 @@ from tqdm import tqdm
 
 from vizkit import config as cfgmod
 from vizkit import distributed
+from vizkit.analysis import (
+    confusion_matrix,
+    format_summary,
+    model_summary,
+    penultimate_layer,
+    predict_split,
+    top_losses,
+)
 from vizkit.cli import run_cli
 from vizkit.config import TrainConfig
 from vizkit.data import Dataset, Split, batches, load_dataset, num_batches
@@ -38,11 +46,12 @@ from vizkit.export import check_onnx, export_onnx, read_checkpoint, save_checkpo
 from vizkit.files import atomic_write_text
 from vizkit.logger import RunLogger
 from vizkit.models import conv_layer_names, get_model, list_models
-from vizkit.plots import curves_figure, save_figure
+from vizkit.plots import confusion_figure, curves_figure, save_figure, top_losses_figure
 
 log = logging.getLogger(__name__)
 
 FEATURE_BATCH = 4  # validation images whose feature maps are logged each epoch
+STATS_BATCH = 256  # validation images for the per-epoch activation statistics
 ONNX_TOLERANCE = 1e-4
 
 
@@ -301,6 +310,7 @@ def fit(
     scheduler, per_batch = make_scheduler(cfg, optimizer, steps_per_epoch)
     conv_layers = conv_layer_names(model)
     feature_batch = next(batches(val, FEATURE_BATCH, *norm))[0]
+    stats_batch = next(batches(val, STATS_BATCH, *norm, memory_format=memory_format(model)))[0]
     checkpoint_fields = {
         "model": cfg.model,
         "config": cfg.to_dict(),
@@ -333,6 +343,10 @@ def fit(
             steps_per_epoch, run_dir,
         )  # fmt: skip
         if resume is None:
+            summary = format_summary(model_summary(model, checkpoint_fields["input_shape"]))
+            if d.main:
+                print(summary)
+            logger.text("model/summary", "```\n" + summary + "\n```")
             logger.text("config", "```\n" + cfgmod.to_toml(cfg) + "```")
             logger.samples(train.images[:20], train.labels[:20], spec.classes)
         traced = logger.graph(model, feature_batch) if resume is None else True
@@ -372,6 +386,7 @@ def fit(
             )
             logger.feature_maps(model, conv_layers, feature_batch, epoch)
             logger.histograms(model, epoch)
+            logger.activations(model, stats_batch, epoch)
             if val_acc > best_acc:
                 best_acc, best_epoch = val_acc, epoch
             # training + validation + logging + checkpoints: what an epoch costs the person waiting
@@ -398,6 +413,16 @@ def fit(
         test_loss, test_acc = evaluate(model, test, cfg.eval_batch_size, norm, d)
         if not d.main:
             return None
+        # Where the model is wrong: the test set once more, per image, with the penultimate features.
+        pred = predict_split(model, test, norm, cfg.eval_batch_size, penultimate_layer(model), memory_format(model))
+        cm = confusion_matrix(pred.labels, pred.preds, len(spec.classes))
+        save_figure(confusion_figure(cm, spec.classes), run_dir / "confusion.png")
+        worst = top_losses(pred)
+        worst_fig = top_losses_figure(
+            data.test.images[worst], pred.labels[worst], pred.preds[worst], pred.probs[worst].amax(1), spec.classes
+        )
+        save_figure(worst_fig, run_dir / "top_losses.png")
+        logger.evaluation(pred, data.test.images, spec.classes, cfg.epochs)
         model.cpu().eval()
         onnx_path = export_onnx(model, mean, std, checkpoint_fields["input_shape"], run_dir / "model.onnx")
         onnx_diff = check_onnx(onnx_path, model, mean, std, data.test.images[:64].float() / 255)
@@ -414,6 +439,8 @@ def fit(
             "best_val_accuracy": best_acc,
             "train_seconds": sum(h["seconds"] for h in history),
             "processes": d.world,
+            "confusion_matrix": cm.tolist(),
+            "per_class_accuracy": (cm.diag().float() / cm.sum(1).clamp_min(1)).tolist(),
             "onnx_max_abs_diff": onnx_diff,
             "history": history,
         }

@@ -1,0 +1,89 @@
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from photos import digit_photo
+from PIL import Image
+
+from vizkit.attribution import grad_cam, integrated_gradients, saliency
+from vizkit.data import load_test_split
+from vizkit.explain import main
+from vizkit.export import Normalized, load_checkpoint
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def not_blank(path: Path) -> bool:
+    with Image.open(path) as img:
+        lo, hi = img.convert("L").getextrema()
+        return img.size[0] > 600 and hi - lo > 100
+
+
+def test_explain_a_test_image(mnist_run, tmp_path, capsys):
+    assert main(["--run", str(mnist_run), "--index", "7", "--out", str(tmp_path / "e.png")]) == 0
+    assert capsys.readouterr().out.strip() == str(tmp_path / "e.png")
+    assert not_blank(tmp_path / "e.png")
+
+
+def test_bring_your_own_digit(mnist_run, data_dir, tmp_path):
+    photo = tmp_path / "photo.jpg"
+    digit_photo(load_test_split("mnist", data_dir).images[0, 0].numpy(), np.random.default_rng(2)).save(photo)
+    cmd = [sys.executable, "-m", "vizkit.explain", "--run", str(mnist_run), "--image", str(photo)]
+    result = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr
+    out = Path(result.stdout.strip())
+    assert out == mnist_run / "explain" / "photo.png" and not_blank(out)
+
+
+def test_attributions_say_something(mnist_run, data_dir):
+    model, ckpt = load_checkpoint(mnist_run / "best.pth")
+    net = Normalized(model, ckpt["mean"], ckpt["std"]).eval()
+    x = load_test_split("mnist", data_dir).images[:1].float() / 255  # a 7
+    target = int(net(x).argmax())
+    ink = x[0, 0] > 0.5
+    sal = saliency(net, x, target)
+    assert sal.shape == (28, 28) and sal[ink].mean() > sal[~ink].mean()  # the ink matters more than the paper
+    ig = integrated_gradients(net, x, target, steps=64)
+    with torch.no_grad():
+        gap = (net(x)[0, target] - net(torch.zeros_like(x))[0, target]).item()
+    assert ig.sum().item() == pytest.approx(gap, rel=0.1)  # completeness, up to the path integral's error
+    cam = grad_cam(net, model, "conv3", x, target)
+    assert cam.shape == (28, 28) and cam.max() == pytest.approx(1.0) and cam.min() >= 0
+    assert sum(len(m._forward_hooks) for m in model.modules()) == 0
+
+
+@pytest.mark.parametrize(
+    "argv, message",
+    [(["--layer", "conv9"], "no layer named 'conv9'"), (["--layer", "fc1"], "Grad-CAM needs a conv layer")],
+)
+def test_bad_layer_is_one_line(mnist_run, argv, message, capsys):
+    assert main(["--run", str(mnist_run), *argv]) == 2
+    err = capsys.readouterr().err.strip()
+    assert message in err and len(err.splitlines()) == 1
+
+
+def test_optimized_inputs(small_run, tmp_path):
+    from vizkit.features import main as features
+
+    out = tmp_path / "opt.png"
+    assert features(["--run", str(small_run), "--layer", "conv2", "--optimize", "--out", str(out)]) == 0
+    assert not_blank(out)
+
+
+def test_optimization_excites_its_channel(small_run):
+    from vizkit.attribution import optimize_inputs
+    from vizkit.hooks import capture
+
+    model, ckpt = load_checkpoint(small_run / "best.pth")
+    net = Normalized(model, ckpt["mean"], ckpt["std"]).eval()
+    inputs = optimize_inputs(net, model, "conv1", ckpt["input_shape"], steps=60)
+    noise = torch.rand_like(inputs)
+    with torch.no_grad(), capture(model, ["conv1"]) as acts:
+        net(inputs)
+        made = acts["conv1"][range(16), range(16)].mean((1, 2))
+        net(noise)
+        random = acts["conv1"][range(16), range(16)].mean((1, 2))
+    assert (made > random).float().mean() >= 0.9

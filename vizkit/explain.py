@@ -1,0 +1,76 @@
+"""python -m vizkit.explain: what a prediction looks at, for a test image or your own photo.
+
+    python -m vizkit.explain --index 7                  # newest run, test image 7
+    python -m vizkit.explain --image my-digit.jpg       # bring your own digit
+    python -m vizkit.explain --layer conv2 --out why.png
+
+One figure: (your photo,) the 28 x 28 input the model saw, the probabilities, gradient saliency, integrated
+gradients and Grad-CAM over the input, and the first conv layer's feature maps.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+import torch
+from torch import nn
+
+from vizkit.attribution import grad_cam, integrated_gradients, saliency
+from vizkit.cli import run_cli
+from vizkit.errors import VizkitError
+from vizkit.export import Normalized
+from vizkit.hooks import capture, resolve_layers
+from vizkit.inputs import add_input_args, add_model_args, load_model, load_sample
+from vizkit.models import conv_layer_names
+from vizkit.plots import explain_figure, save_figure
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="python -m vizkit.explain", description=__doc__.split("\n")[0])
+    add_model_args(p)
+    add_input_args(p)
+    p.add_argument("--layer", help="conv layer for Grad-CAM (default: the last conv layer)")
+    p.add_argument("--target", type=int, help="class to explain (default: the predicted one)")
+    p.add_argument("--steps", type=int, default=32, help="integrated-gradients steps (default: 32)")
+    p.add_argument("--out", help="output .png (default: <run>/explain/<input>.png)")
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+
+    def body() -> int:
+        model, ckpt, ckpt_path = load_model(args)
+        convs = conv_layer_names(model)
+        if not convs:
+            raise VizkitError(f"model '{ckpt['model']}' has no conv layers, so no Grad-CAM; use a conv model")
+        layer = args.layer or convs[-1]
+        if not isinstance(resolve_layers(model, [layer])[layer], nn.Conv2d):
+            raise VizkitError(f"Grad-CAM needs a conv layer and '{layer}' is not one; conv layers: {', '.join(convs)}")
+        sample = load_sample(args, ckpt)
+        net = Normalized(model, ckpt["mean"], ckpt["std"]).eval()
+        with torch.no_grad(), capture(model, [convs[0]]) as first:
+            probs = net(sample.pixels).softmax(1)[0].numpy()
+        target = int(probs.argmax()) if args.target is None else args.target
+        classes = ckpt["classes"]
+        if not 0 <= target < len(classes):
+            raise VizkitError(f"--target {target} is not a class; use 0 to {len(classes) - 1}")
+        x = sample.pixels
+        maps = {
+            "gradient saliency": saliency(net, x, target),
+            "integrated gradients": integrated_gradients(net, x, target, max(1, args.steps)),
+            f"Grad-CAM ({layer})": grad_cam(net, model, layer, x, target),
+        }
+        truth = f", label {classes[sample.label]}" if sample.label is not None else ""
+        title = f"{sample.name}{truth}: why {classes[target]}? ({ckpt_path})"
+        fig = explain_figure(x[0], maps, probs, classes, title, sample.original, (convs[0], first[convs[0]][0]))
+        out = args.out or ckpt_path.parent / "explain" / f"{sample.name}.png"
+        print(save_figure(fig, out))
+        return 0
+
+    return run_cli(body, "vizkit.explain")
+
+
+if __name__ == "__main__":
+    sys.exit(main())

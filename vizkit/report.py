@@ -1,0 +1,200 @@
+"""python -m vizkit.report RUN_DIR [RUN_DIR ...]: one self-contained HTML page per run, or a comparison.
+
+Images are embedded, nothing is fetched: the file opens from disk, offline, and can be mailed as it is.
+"""
+
+from __future__ import annotations
+
+import argparse
+import base64
+import html
+import io
+import json
+import sys
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+import torch
+from matplotlib.figure import Figure
+from matplotlib.ticker import MaxNLocator
+from PIL import Image
+
+from vizkit.analysis import format_summary, model_summary
+from vizkit.cli import run_cli
+from vizkit.data import load_test_split
+from vizkit.errors import VizkitError
+from vizkit.export import Normalized, find_checkpoint, load_checkpoint
+from vizkit.files import atomic_write_text
+from vizkit.hooks import capture
+from vizkit.models import conv_layer_names
+from vizkit.plots import feature_grid, kernels_figure
+
+FEATURE_IMAGES = 4  # test images whose feature maps the report shows
+
+STYLE = """
+body { font-family: system-ui, sans-serif; margin: 2em auto; max-width: 1200px; color: #222; }
+h1 { font-size: 1.5em; } h2 { font-size: 1.2em; border-bottom: 1px solid #ddd; margin-top: 2em; }
+table { border-collapse: collapse; margin: 0.5em 0; } td, th { border: 1px solid #ddd; padding: 3px 8px; }
+th { background: #f4f4f4; text-align: left; } td.num { text-align: right; }
+img { max-width: 100%; border: 1px solid #eee; margin: 4px 0; } pre { background: #f8f8f8; padding: 8px; }
+.diff { background: #fff3cd; }
+"""
+
+
+def png_data(source: Figure | Path | torch.Tensor) -> str:
+    """A data: URI of a figure, a PNG file, or an image tensor (C, H, W) in [0, 1]."""
+    buf = io.BytesIO()
+    if isinstance(source, Figure):
+        source.savefig(buf, format="png")
+    elif isinstance(source, Path):
+        buf.write(source.read_bytes())
+    else:
+        pixels = (source.clamp(0, 1) * 255).byte().permute(1, 2, 0).numpy()
+        img = Image.fromarray(pixels[:, :, 0] if pixels.shape[2] == 1 else pixels)
+        img.resize((img.width * 2, img.height * 2), Image.Resampling.NEAREST).save(buf, "PNG")
+    return "data:image/png;base64," + base64.b64encode(buf.getvalue()).decode("ascii")
+
+
+def img(source: Figure | Path | torch.Tensor, alt: str) -> str:
+    return f'<img src="{png_data(source)}" alt="{html.escape(alt)}">'
+
+
+def table(rows: list[list[Any]], header: list[str], highlight: set[int] | None = None) -> str:
+    def cell(v: Any) -> str:
+        if isinstance(v, float):
+            return f'<td class="num">{v:.4g}</td>'
+        return f"<td>{html.escape(str(v))}</td>"
+
+    body = "".join(
+        f"<tr{' class=diff' if highlight and i in highlight else ''}>{''.join(cell(v) for v in row)}</tr>"
+        for i, row in enumerate(rows)
+    )
+    return f"<table><tr>{''.join(f'<th>{html.escape(h)}</th>' for h in header)}</tr>{body}</table>"
+
+
+def load_run(run_dir: Path) -> dict[str, Any]:
+    if not run_dir.is_dir():
+        raise VizkitError(f"run directory {run_dir} does not exist")
+    metrics_file = run_dir / "metrics.json"
+    if not metrics_file.is_file():
+        raise VizkitError(f"{run_dir} has no metrics.json: the run did not finish (resume it, or train again)")
+    try:
+        metrics = json.loads(metrics_file.read_text())
+    except json.JSONDecodeError as exc:
+        raise VizkitError(f"{metrics_file} is not valid JSON ({exc})") from None
+    return {"dir": run_dir, "metrics": metrics, "checkpoint": find_checkpoint(str(run_dir))}
+
+
+def run_section(run: dict[str, Any], data_dir: str | None) -> str:
+    run_dir, metrics = run["dir"], run["metrics"]
+    model, ckpt = load_checkpoint(run["checkpoint"])
+    parts = [f"<h2>Run {html.escape(str(run_dir))}</h2>"]
+    final = [
+        ["test accuracy", f"{100 * metrics['test_accuracy']:.2f}%"],
+        ["test loss", metrics["test_loss"]],
+        ["best epoch (by validation accuracy)", metrics.get("best_epoch", "")],
+        ["best validation accuracy", f"{100 * metrics.get('best_val_accuracy', float('nan')):.2f}%"],
+        ["seconds of training", metrics.get("train_seconds", float("nan"))],
+    ]
+    parts.append("<h3>Final metrics</h3>" + table(final, ["metric", "value"]))
+    parts.append("<h3>Config</h3>" + table([[k, v] for k, v in ckpt["config"].items()], ["key", "value"]))
+    for name, title in (
+        ("curves.png", "Curves"),
+        ("confusion.png", "Confusion matrix"),
+        ("top_losses.png", "Top losses"),
+    ):
+        if (run_dir / name).is_file():
+            parts.append(f"<h3>{title}</h3>" + img(run_dir / name, title))
+    convs = conv_layer_names(model)
+    if convs:
+        test = load_test_split(ckpt.get("dataset", "mnist"), data_dir or ckpt["config"].get("data_dir", "data"))
+        pixels = test.images[:FEATURE_IMAGES].float() / 255
+        with torch.no_grad(), capture(model, convs) as maps:
+            preds = Normalized(model, ckpt["mean"], ckpt["std"])(pixels).argmax(1)
+        labels = ", ".join(f"{ckpt['classes'][int(y)]} (predicted {ckpt['classes'][int(p)]})"
+                           for y, p in zip(test.labels[:FEATURE_IMAGES], preds, strict=True))  # fmt: skip
+        parts.append(f"<h3>Feature maps</h3><p>Test images 0 to {FEATURE_IMAGES - 1}: {html.escape(labels)}. "
+                     "A row per image, a tile per channel, one colour scale per layer.</p>")  # fmt: skip
+        for name in convs:
+            parts.append(f"<h4>{name}</h4>" + img(feature_grid(maps[name]), f"feature maps of {name}"))
+        first = dict(model.named_modules())[convs[0]]
+        parts.append(f"<h3>Kernels of {convs[0]}</h3>" + img(kernels_figure(first.weight, convs[0]), "kernels"))
+    summary = format_summary(model_summary(model, ckpt["input_shape"]))
+    parts.append(f"<h3>Model summary</h3><pre>{html.escape(summary)}</pre>")
+    return "\n".join(parts)
+
+
+def comparison_section(runs: list[dict[str, Any]]) -> str:
+    configs = [load_checkpoint(r["checkpoint"])[1]["config"] for r in runs]
+    keys = [k for k in configs[0] if k not in ("run_dir",)]
+    differs = {i for i, k in enumerate(keys) if len({json.dumps(c.get(k)) for c in configs}) > 1}
+    rows = [[k] + [c.get(k, "") for c in configs] for k in keys]
+    names = [r["dir"].name for r in runs]
+    metric_rows = [
+        ["test accuracy"] + [f"{100 * r['metrics']['test_accuracy']:.2f}%" for r in runs],
+        ["test loss"] + [r["metrics"]["test_loss"] for r in runs],
+        ["seconds of training"] + [r["metrics"].get("train_seconds", float("nan")) for r in runs],
+        ["epochs"] + [len(r["metrics"].get("history", [])) for r in runs],
+    ]
+    fig = Figure(figsize=(12, 4.2), dpi=100)
+    ax_loss, ax_acc = fig.subplots(1, 2)
+    for name, r in zip(names, runs, strict=True):
+        h = r["metrics"].get("history", [])
+        epochs = [e["epoch"] for e in h]
+        ax_loss.plot(epochs, [e["val_loss"] for e in h], "-o", label=name)
+        ax_acc.plot(epochs, [100 * e["val_accuracy"] for e in h], "-o", label=name)
+    ax_loss.set(title="validation loss", xlabel="epoch")
+    ax_acc.set(title="validation accuracy (%)", xlabel="epoch")
+    for ax in (ax_loss, ax_acc):
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=8)
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+    fig.tight_layout()
+    return (
+        "<h2>Comparison</h2>"
+        + table(metric_rows, ["metric"] + names)
+        + "<h3>Curves</h3>"
+        + img(fig, "validation curves of every run")
+        + "<h3>Configs (differences highlighted)</h3>"
+        + table(rows, ["key"] + names, differs)
+    )
+
+
+def render(runs: list[dict[str, Any]], data_dir: str | None) -> str:
+    title = "vizkit report: " + ", ".join(r["dir"].name for r in runs)
+    body = [f"<h1>{html.escape(title)}</h1><p>Written {datetime.now():%Y-%m-%d %H:%M} by python -m vizkit.report.</p>"]
+    if len(runs) > 1:
+        body.append(comparison_section(runs))
+    body += [run_section(r, data_dir) for r in runs]
+    return (
+        f'<!DOCTYPE html>\n<html lang="en"><head><meta charset="utf-8"><title>{html.escape(title)}</title>'
+        f"<style>{STYLE}</style></head><body>\n" + "\n".join(body) + "\n</body></html>\n"
+    )
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="python -m vizkit.report", description=__doc__.split("\n")[0])
+    p.add_argument("runs", nargs="+", metavar="RUN_DIR", help="one run, or several to compare")
+    p.add_argument("--out", help="output .html (default: RUN_DIR/report.html for one run, report.html for several)")
+    p.add_argument("--data-dir", help="where the test set lives (default: the one each run was trained from)")
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+
+    def body() -> int:
+        runs = [load_run(Path(r)) for r in args.runs]
+        out = (
+            Path(args.out) if args.out else (runs[0]["dir"] / "report.html" if len(runs) == 1 else Path("report.html"))
+        )
+        out.parent.mkdir(parents=True, exist_ok=True)
+        print(atomic_write_text(out, render(runs, args.data_dir)))
+        return 0
+
+    return run_cli(body, "vizkit.report")
+
+
+if __name__ == "__main__":
+    sys.exit(main())
