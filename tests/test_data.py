@@ -96,3 +96,9 @@ def test_fashion_mnist_from_debian(tmp_path):
     assert (len(ds.train), len(ds.test)) == (55_000, 10_000)
     assert ds.spec.classes[9] == "Ankle boot"
     assert set(ds.test.labels.tolist()) == set(range(10))
+
+
+def test_cifar10_without_files_says_where_to_put_them(tmp_path):
+    # No network here: torchvision's download fails, and the message names the file and the folder.
+    with pytest.raises(VizkitError, match=r"put cifar-10-python.tar.gz in .* and run again"):
+        load_dataset("cifar10", tmp_path)

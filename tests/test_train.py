@@ -191,7 +191,7 @@ def test_confusion_matrix_agrees_with_the_test_accuracy(small_run):
     assert cm.shape == (10, 10) and cm.sum() == 10_000
     assert np.trace(cm) / cm.sum() == pytest.approx(metrics["test_accuracy"], abs=1e-9)
     assert metrics["per_class_accuracy"][3] == pytest.approx(cm[3, 3] / cm[3].sum())
-    for name in ("confusion.png", "top_losses.png"):
+    for name in ("confusion_matrix.png", "top_losses.png"):
         with Image.open(small_run / name) as img:
             assert img.size[0] > 600
 

@@ -30,7 +30,7 @@ class Predictions:
 
     @property
     def accuracy(self) -> float:
-        return (self.preds == self.labels).float().mean().item()
+        return (self.preds == self.labels).sum().item() / len(self.labels)  # exact, not float32
 
 
 def penultimate_layer(model: nn.Module) -> str | None:
@@ -65,6 +65,11 @@ def predict_split(
 def confusion_matrix(labels: torch.Tensor, preds: torch.Tensor, classes: int) -> torch.Tensor:
     """(K, K) counts: row = true class, column = predicted class."""
     return torch.bincount(labels * classes + preds, minlength=classes * classes).reshape(classes, classes)
+
+
+def per_class_accuracy(cm: torch.Tensor) -> list[float]:
+    """Recall per class: the diagonal of the confusion matrix over its row sums."""
+    return (cm.diag().float() / cm.sum(1).clamp_min(1)).tolist()
 
 
 def top_losses(pred: Predictions, k: int = 16) -> torch.Tensor:

@@ -14,13 +14,14 @@ from collections.abc import Sequence
 from pathlib import Path
 
 import torch
+from matplotlib.figure import Figure
 from tensorboardX import SummaryWriter
 from tensorboardX.summary import hparams as hparams_summary
 from torch import nn
 
-from vizkit.analysis import Predictions, activation_stats, confusion_matrix, top_losses
+from vizkit.analysis import Predictions, activation_stats
 from vizkit.hooks import capture
-from vizkit.plots import confusion_figure, feature_grid, samples_figure, top_losses_figure
+from vizkit.plots import feature_grid, samples_figure
 
 log = logging.getLogger(__name__)
 
@@ -133,22 +134,23 @@ class RunLogger:
             self.scalars({f"activations/{layer}/{k}": v for k, v in stats.items()}, epoch)
 
     def evaluation(
-        self, pred: Predictions, images: torch.Tensor, classes: Sequence[str], step: int, embed: int = 1000
+        self,
+        pred: Predictions,
+        per_class: Sequence[float],
+        figures: dict[str, Figure],
+        images: torch.Tensor,
+        classes: Sequence[str],
+        step: int,
+        embed: int = 1000,
     ) -> None:
-        """The test set's confusion matrix, per-class accuracy, top losses, PR curves and embedding projector."""
+        """The test set's per-class accuracy, figures (confusion matrix, top losses), PR curves and projector."""
         if self.writer is None:
             return
-        cm = confusion_matrix(pred.labels, pred.preds, len(classes))
-        recall = cm.diag().float() / cm.sum(1).clamp_min(1)
-        self.scalars({f"per_class_accuracy/{_tag(c)}": float(r) for c, r in zip(classes, recall, strict=True)}, step)
+        self.scalars({f"per_class_accuracy/{_tag(c)}": float(r) for c, r in zip(classes, per_class, strict=True)}, step)
         if not self.full:
             return
-        self.writer.add_figure("eval/confusion_matrix", confusion_figure(cm, classes), step)
-        worst = top_losses(pred)
-        fig = top_losses_figure(
-            images[worst], pred.labels[worst], pred.preds[worst], pred.probs[worst].amax(1), classes
-        )
-        self.writer.add_figure("eval/top_losses", fig, step)
+        for name, fig in figures.items():
+            self.writer.add_figure(f"eval/{name}", fig, step)
         for k, name in enumerate(classes):
             self.writer.add_pr_curve(f"pr/{_tag(name)}", (pred.labels == k).int(), pred.probs[:, k], step)
         if pred.features is not None:

@@ -101,7 +101,7 @@ def run_section(run: dict[str, Any], data_dir: str | None) -> str:
     parts.append("<h3>Config</h3>" + table([[k, v] for k, v in ckpt["config"].items()], ["key", "value"]))
     for name, title in (
         ("curves.png", "Curves"),
-        ("confusion.png", "Confusion matrix"),
+        ("confusion_matrix.png", "Confusion matrix"),
         ("top_losses.png", "Top losses"),
     ):
         if (run_dir / name).is_file():

@@ -34,6 +34,7 @@ from vizkit.analysis import (
     format_summary,
     model_summary,
     penultimate_layer,
+    per_class_accuracy,
     predict_split,
     top_losses,
 )
@@ -406,23 +407,27 @@ def fit(
                     run_dir / "last.pth", model, **fields, resume=resume_state(loop, history, best_acc, best_epoch)
                 )
 
-        # The final numbers come from the best epoch's weights (by validation accuracy).
-        distributed.barrier(d)
-        best = torch.load(run_dir / "best.pth", map_location=device, weights_only=True)
-        model.load_state_dict(best["state_dict"])
-        test_loss, test_acc = evaluate(model, test, cfg.eval_batch_size, norm, d)
         if not d.main:
             return None
-        # Where the model is wrong: the test set once more, per image, with the penultimate features.
+        # The final numbers come from the best epoch's weights (by validation accuracy), on rank 0 alone, in one
+        # pass over the whole test set that also gives what the analysis needs: per image, probabilities,
+        # loss and penultimate features.
+        best = torch.load(run_dir / "best.pth", map_location=device, weights_only=True)
+        model.load_state_dict(best["state_dict"])
         pred = predict_split(model, test, norm, cfg.eval_batch_size, penultimate_layer(model), memory_format(model))
+        test_loss, test_acc = pred.losses.mean().item(), pred.accuracy
         cm = confusion_matrix(pred.labels, pred.preds, len(spec.classes))
-        save_figure(confusion_figure(cm, spec.classes), run_dir / "confusion.png")
+        per_class = per_class_accuracy(cm)
         worst = top_losses(pred)
-        worst_fig = top_losses_figure(
-            data.test.images[worst], pred.labels[worst], pred.preds[worst], pred.probs[worst].amax(1), spec.classes
-        )
-        save_figure(worst_fig, run_dir / "top_losses.png")
-        logger.evaluation(pred, data.test.images, spec.classes, cfg.epochs)
+        figures = {
+            "confusion_matrix": confusion_figure(cm, spec.classes),
+            "top_losses": top_losses_figure(
+                data.test.images[worst], pred.labels[worst], pred.preds[worst], pred.probs[worst].amax(1), spec.classes
+            ),
+        }
+        for name, fig in figures.items():  # files for the report, images for TensorBoard
+            save_figure(fig, run_dir / f"{name}.png")
+        logger.evaluation(pred, per_class, figures, data.test.images, spec.classes, cfg.epochs)
         model.cpu().eval()
         onnx_path = export_onnx(model, mean, std, checkpoint_fields["input_shape"], run_dir / "model.onnx")
         onnx_diff = check_onnx(onnx_path, model, mean, std, data.test.images[:64].float() / 255)
@@ -440,7 +445,7 @@ def fit(
             "train_seconds": sum(h["seconds"] for h in history),
             "processes": d.world,
             "confusion_matrix": cm.tolist(),
-            "per_class_accuracy": (cm.diag().float() / cm.sum(1).clamp_min(1)).tolist(),
+            "per_class_accuracy": per_class,
             "onnx_max_abs_diff": onnx_diff,
             "history": history,
         }
