@@ -57,7 +57,10 @@ def test_attributions_say_something(mnist_run, data_dir):
 
 @pytest.mark.parametrize(
     "argv, message",
-    [(["--layer", "conv9"], "no layer named 'conv9'"), (["--layer", "fc1"], "Grad-CAM needs a conv layer")],
+    [
+        (["--layer", "conv9"], "no layer named 'conv9'"),
+        (["--layer", "fc1"], "Grad-CAM needs a conv layer and 'fc1' is not one"),
+    ],
 )
 def test_bad_layer_is_one_line(mnist_run, argv, message, capsys):
     assert main(["--run", str(mnist_run), *argv]) == 2

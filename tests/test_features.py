@@ -78,7 +78,7 @@ def test_tensorboard_gets_the_figures(small_run, tmp_path):
     "argv, message",
     [
         (["--layer", "conv9"], "no layer named 'conv9'; layers: conv1, bn1"),
-        (["--layer", "fc1", "--weights"], "not a conv layer"),
+        (["--layer", "fc1", "--weights"], "--weights needs a conv layer and 'fc1' is not one; conv layers: conv1"),
         (["--index", "10000"], "out of range"),
         (["--image", "missing.png"], "does not exist"),
     ],

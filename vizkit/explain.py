@@ -14,7 +14,6 @@ import argparse
 import sys
 
 import torch
-from torch import nn
 
 from vizkit.attribution import grad_cam, integrated_gradients, saliency
 from vizkit.cli import run_cli
@@ -22,7 +21,7 @@ from vizkit.errors import VizkitError
 from vizkit.export import Normalized
 from vizkit.hooks import capture, resolve_layers
 from vizkit.inputs import add_input_args, add_model_args, load_model, load_sample
-from vizkit.models import conv_layer_names
+from vizkit.models import conv_layer_names, require_conv
 from vizkit.plots import explain_figure, save_figure
 
 
@@ -43,11 +42,11 @@ def main(argv: list[str] | None = None) -> int:
     def body() -> int:
         model, ckpt, ckpt_path = load_model(args)
         convs = conv_layer_names(model)
-        if not convs:
-            raise VizkitError(f"model '{ckpt['model']}' has no conv layers, so no Grad-CAM; use a conv model")
+        if not (args.layer or convs):
+            raise VizkitError(f"Grad-CAM needs a conv layer and model '{ckpt['model']}' has none; use a conv model")
         layer = args.layer or convs[-1]
-        if not isinstance(resolve_layers(model, [layer])[layer], nn.Conv2d):
-            raise VizkitError(f"Grad-CAM needs a conv layer and '{layer}' is not one; conv layers: {', '.join(convs)}")
+        resolve_layers(model, [layer])  # an unknown name lists every layer
+        require_conv(model, layer, "Grad-CAM")
         sample = load_sample(args, ckpt)
         net = Normalized(model, ckpt["mean"], ckpt["std"]).eval()
         with torch.no_grad(), capture(model, [convs[0]]) as first:

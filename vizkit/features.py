@@ -21,6 +21,7 @@ from vizkit.errors import VizkitError
 from vizkit.export import Normalized
 from vizkit.hooks import capture, layer_names, resolve_layers
 from vizkit.inputs import Sample, add_input_args, add_model_args, load_model, load_sample
+from vizkit.models import require_conv
 from vizkit.plots import activation_figure, kernels_figure, save_figure, tiles_figure
 
 
@@ -85,19 +86,14 @@ def main(argv: list[str] | None = None) -> int:
         figures = {}
         if args.optimize:
             net = Normalized(model, ckpt["mean"], ckpt["std"]).eval()
-            for name, module in modules.items():
-                if not isinstance(module, nn.Conv2d):
-                    convs = ", ".join(n for n, m in model.named_modules() if isinstance(m, nn.Conv2d))
-                    raise VizkitError(f"--optimize works on conv layers and '{name}' is not one; try {convs}")
+            for name in modules:
+                require_conv(model, name, "--optimize")
                 inputs = optimize_inputs(net, model, name, ckpt["input_shape"])
                 title = f"{name}: for each channel, the input that excites it most (gradient ascent from noise)"
                 figures[f"{name}-optimized"] = tiles_figure(inputs, title)
         elif args.weights:
-            for name, module in modules.items():
-                if not isinstance(module, nn.Conv2d):
-                    convs = ", ".join(n for n, m in model.named_modules() if isinstance(m, nn.Conv2d))
-                    raise VizkitError(f"--weights draws conv kernels and '{name}' is not a conv layer; try {convs}")
-                figures[f"{name}-weights"] = kernels_figure(module.weight, name)
+            for name in modules:
+                figures[f"{name}-weights"] = kernels_figure(require_conv(model, name, "--weights").weight, name)
         else:
             sample = load_sample(args, ckpt)
             with torch.no_grad(), capture(model, layers) as acts:

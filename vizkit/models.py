@@ -50,6 +50,16 @@ def conv_layer_names(model: nn.Module) -> list[str]:
     return [name for name, module in model.named_modules() if isinstance(module, nn.Conv2d)]
 
 
+def require_conv(model: nn.Module, name: str, purpose: str) -> nn.Conv2d:
+    """The named layer if it is a Conv2d; else one error that says what needs one and lists the conv layers."""
+    module = dict(model.named_modules()).get(name)
+    if not isinstance(module, nn.Conv2d):
+        convs = conv_layer_names(model)
+        choice = f"conv layers: {', '.join(convs)}" if convs else "this model has none"
+        raise VizkitError(f"{purpose} needs a conv layer and '{name}' is not one; {choice}")
+    return module
+
+
 def _with_head(
     features: list[tuple[str, nn.Module]],
     head: Callable[[int], list[tuple[str, nn.Module]]],
