@@ -45,8 +45,9 @@ def test_a_pickle_with_code_is_refused(tmp_path):
             return (os.system, ("echo pwned",))
 
     torch.save({"model": Evil()}, tmp_path / "evil.pth")
-    with pytest.raises(VizkitError, match="refused by safe loading"):
+    with pytest.raises(VizkitError, match="refused by safe loading") as refused:
         load_checkpoint(tmp_path / "evil.pth")
+    assert "system" in str(refused.value)  # the message names what the file would have run
 
 
 def test_truncated_and_foreign_files(tmp_path):
