@@ -108,7 +108,8 @@ def inference(run_dir: str, quick: bool) -> dict:
     import onnxruntime as ort
     import torch
 
-    from vizkit.export import Normalized, load_checkpoint
+    from vizkit.checkpoint import load_checkpoint
+    from vizkit.export import Normalized
 
     model, ckpt = load_checkpoint(Path(run_dir) / "best.pth")
     eager = Normalized(model, ckpt["mean"], ckpt["std"]).eval()

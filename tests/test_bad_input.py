@@ -15,8 +15,8 @@ import torch
 from PIL import Image
 
 from vizkit import features, netron_view, predict, train
+from vizkit.checkpoint import save_checkpoint
 from vizkit.data import MNIST_FILES_MD5
-from vizkit.export import save_checkpoint
 from vizkit.models import get_model
 
 

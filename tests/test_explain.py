@@ -9,9 +9,10 @@ from photos import digit_photo
 from PIL import Image
 
 from vizkit.attribution import grad_cam, integrated_gradients, saliency
+from vizkit.checkpoint import load_checkpoint
 from vizkit.data import load_test_split
 from vizkit.explain import main
-from vizkit.export import Normalized, load_checkpoint
+from vizkit.export import Normalized
 
 REPO = Path(__file__).resolve().parents[1]
 

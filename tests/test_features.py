@@ -39,7 +39,7 @@ def test_all_layers_have_their_channel_counts(small_run, tmp_path, capsys):
 
 
 def test_channel_count_in_each_title(small_run, tmp_path, capsys):
-    from vizkit.export import load_checkpoint
+    from vizkit.checkpoint import load_checkpoint
     from vizkit.features import drawable_layers, output_shapes
 
     model, ckpt = load_checkpoint(small_run / "best.pth")

@@ -4,9 +4,9 @@ import torch
 from photos import digit_photo
 from PIL import Image
 
+from vizkit.checkpoint import load_checkpoint
 from vizkit.data import load_test_split, normalize
 from vizkit.errors import VizkitError
-from vizkit.export import load_checkpoint
 from vizkit.preprocess import image_files, load_image, mnist_style, naive
 
 

@@ -11,7 +11,7 @@ import pytest
 import torch
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-from vizkit.export import read_checkpoint
+from vizkit.checkpoint import read_checkpoint
 from vizkit.train import main
 
 REPO = Path(__file__).resolve().parents[1]

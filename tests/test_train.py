@@ -12,8 +12,8 @@ import torch
 from PIL import Image
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
+from vizkit.checkpoint import load_checkpoint
 from vizkit.config import tomllib
-from vizkit.export import load_checkpoint
 from vizkit.train import main
 
 REPO = Path(__file__).resolve().parents[1]

@@ -5,14 +5,16 @@ Plain computations on any nn.Module; logger.py and report.py decide where the re
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from vizkit.data import Split, batches
+from vizkit.errors import VizkitError
 from vizkit.hooks import capture
+from vizkit.models import relu_layer_names
 
 
 @dataclass
@@ -22,7 +24,8 @@ class Predictions:
     probs: torch.Tensor  # (N, K)
     losses: torch.Tensor  # (N,)
     labels: torch.Tensor  # (N,)
-    features: torch.Tensor | None = None  # (N, F)
+    features: torch.Tensor | None = None  # (N, F): the input of the last Linear, for the projector
+    inputs: torch.Tensor | None = None  # (N, C, H, W): the batches as the model took them (normalised)
 
     @property
     def preds(self) -> torch.Tensor:
@@ -32,34 +35,59 @@ class Predictions:
     def accuracy(self) -> float:
         return (self.preds == self.labels).sum().item() / len(self.labels)  # exact, not float32
 
+    @property
+    def loss(self) -> float:
+        return self.losses.double().mean().item()
 
-def penultimate_layer(model: nn.Module) -> str | None:
-    """The module just before the last Linear: what the classifier sees, for the embedding projector."""
-    names = [name for name, _ in model.named_children()]
-    linear = [i for i, (_, m) in enumerate(model.named_children()) if isinstance(m, nn.Linear)]
-    return names[linear[-1] - 1] if linear and linear[-1] > 0 else None
+
+def model_device(model: nn.Module) -> torch.device:
+    param = next(model.parameters(), None)
+    return param.device if param is not None else torch.device("cpu")
 
 
 @torch.no_grad()
-def predict_split(
+def predict(
     model: nn.Module,
-    split: Split,
-    norm: tuple[tuple[float, ...], tuple[float, ...]],
-    batch_size: int = 1000,
+    loader: Iterable[tuple[torch.Tensor, torch.Tensor]],
     features_of: str | None = None,
-    memory_format: torch.memory_format = torch.contiguous_format,
+    keep_inputs: bool = False,
 ) -> Predictions:
-    """Probabilities and per-image losses for a split, in eval mode; with `features_of`, that layer's outputs."""
+    """Probabilities and per-image losses over (x, y) batches (a DataLoader, or data.batches), in eval mode.
+
+    `features_of` names a layer whose *input* is kept (the last Linear's: what the classifier sees);
+    `keep_inputs` keeps the batches themselves (for top-loss pictures). The model is left as it was.
+    """
+    device = model_device(model)
     names = [features_of] if features_of else []
-    probs, losses, feats = [], [], []
-    with capture(model, names) as out:  # eval mode, hooks removed afterwards
-        for x, y in batches(split, batch_size, *norm, memory_format=memory_format):
+    probs, losses, labels, feats, kept = [], [], [], [], []
+    with capture(model, names, inputs=True) as seen:
+        for x, y in loader:
+            x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
             logits = model(x)
-            probs.append(logits.softmax(1).cpu())
-            losses.append(F.cross_entropy(logits, y, reduction="none").cpu())
-            if features_of:
-                feats.append(out[features_of].flatten(1))
-    return Predictions(torch.cat(probs), torch.cat(losses), split.labels.cpu(), torch.cat(feats) if feats else None)
+            probs.append(logits.float().softmax(1).cpu())
+            losses.append(F.cross_entropy(logits.float(), y, reduction="none").cpu())
+            labels.append(y.cpu())
+            if features_of in seen:  # a head that does not run in eval mode gives none
+                feats.append(seen.pop(features_of).flatten(1))
+            if keep_inputs:
+                kept.append(x.cpu())
+    if not labels:
+        raise VizkitError("the evaluation data is empty: it gave no batches")
+    return Predictions(
+        torch.cat(probs),
+        torch.cat(losses),
+        torch.cat(labels).long(),
+        torch.cat(feats) if feats and len(feats) == len(labels) else None,
+        torch.cat(kept) if kept else None,
+    )
+
+
+@torch.no_grad()
+def layer_outputs(model: nn.Module, names: list[str], batch: torch.Tensor) -> dict[str, torch.Tensor]:
+    """The named layers' outputs for one batch (eval mode, on the CPU); what feature maps are drawn from."""
+    with capture(model, names) as out:
+        model(batch.to(model_device(model)))
+    return {n: out[n] for n in names if n in out}
 
 
 def confusion_matrix(labels: torch.Tensor, preds: torch.Tensor, classes: int) -> torch.Tensor:
@@ -81,12 +109,14 @@ def top_losses(pred: Predictions, k: int = 16) -> torch.Tensor:
 def activation_stats(model: nn.Module, batch: torch.Tensor) -> dict[str, dict[str, float]]:
     """Per ReLU layer: mean and std of its output, and the fraction of dead units (channels or features that
     are zero for every input of the batch), a signal none of TensorBoard, fastai or Captum logs by default."""
-    relus = [name for name, m in model.named_modules() if isinstance(m, nn.ReLU)]
+    relus = relu_layer_names(model)
     with capture(model, relus) as out:
-        model(batch)
+        model(batch.to(model_device(model)))
     stats = {}
     for name in relus:
-        a = out[name]
+        if name not in out:  # defined but not called
+            continue
+        a = out[name]  # a module called several times (one self.relu for every layer): its last call
         per_unit = a.transpose(0, 1).flatten(1).amax(1)  # (units,): channel for conv maps, feature for fc
         stats[name] = {
             "mean": a.mean().item(),
@@ -108,13 +138,14 @@ class LayerRow:
 @torch.no_grad()
 def model_summary(model: nn.Module, input_shape: list[int] | tuple[int, ...]) -> list[LayerRow]:
     """Each leaf layer's output shape, parameter count and multiply-adds for one input (torchinfo's idea)."""
-    leaves = [name for name, m in model.named_modules() if name and not list(m.children())]
     modules = dict(model.named_modules())
-    param = next(model.parameters(), None)
+    leaves = [name for name, m in modules.items() if name and not list(m.children())]
     with capture(model, leaves) as out:
-        model(torch.zeros(1, *input_shape, device=param.device if param is not None else "cpu"))
+        model(torch.zeros(1, *input_shape, device=model_device(model)))
     rows = []
     for name in leaves:
+        if name not in out:  # defined but never called in forward()
+            continue
         m, shape = modules[name], tuple(out[name].shape[1:])
         params = sum(p.numel() for p in m.parameters(recurse=False))
         if isinstance(m, nn.Conv2d):
@@ -128,10 +159,12 @@ def model_summary(model: nn.Module, input_shape: list[int] | tuple[int, ...]) ->
 
 
 def format_summary(rows: list[LayerRow]) -> str:
-    lines = [f"{'layer':<10} {'type':<12} {'output':<14} {'params':>9} {'mult-adds':>11}"]
+    w = max([10] + [len(r.name) for r in rows])  # user models name layers `features.3.conv` and longer
+    k = max([12] + [len(r.kind) for r in rows])
+    lines = [f"{'layer':<{w}} {'type':<{k}} {'output':<14} {'params':>9} {'mult-adds':>11}"]
     for r in rows:
         shape = "x".join(map(str, r.output_shape))
-        lines.append(f"{r.name:<10} {r.kind:<12} {shape:<14} {r.params:>9,} {r.mult_adds:>11,}")
+        lines.append(f"{r.name:<{w}} {r.kind:<{k}} {shape:<14} {r.params:>9,} {r.mult_adds:>11,}")
     total_p, total_m = sum(r.params for r in rows), sum(r.mult_adds for r in rows)
-    lines.append(f"{'total':<10} {'':<12} {'':<14} {total_p:>9,} {total_m:>11,}")
+    lines.append(f"{'total':<{w}} {'':<{k}} {'':<14} {total_p:>9,} {total_m:>11,}")
     return "\n".join(lines)

@@ -69,7 +69,7 @@ def optimize_inputs(
             a = acts[layer]
             excite = a[index, index].flatten(1).mean(1)  # image i drives channel i
             loss = -excite.sum() + 0.05 * x.pow(2).mean(dim=(1, 2, 3)).sum()
-            optimizer.zero_grad()
-            loss.backward()
+            # the gradient of the image only: backward() would leave .grad on the model's parameters
+            (param.grad,) = torch.autograd.grad(loss, [param])
             optimizer.step()
     return torch.sigmoid(param).detach()

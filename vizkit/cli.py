@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 import logging
 import sys
 from collections.abc import Callable
@@ -12,12 +13,21 @@ EXIT_USAGE = 2
 EXIT_INTERRUPTED = 130  # 128 + SIGINT, as a shell reports it
 
 
+class _StderrHandler(logging.StreamHandler):
+    """Writes to whatever sys.stderr is when a message comes, not the one there when vizkit first logged
+    (a test's captured stream, long closed, or a redirected one)."""
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.stream = sys.stderr
+        super().emit(record)
+
+
 def run_cli(body: Callable[[], int], prog: str) -> int:
     """Run a CLI body; a VizkitError becomes `prog: error: ...` on stderr and exit code 2, Ctrl-C exit code 130."""
     # vizkit's own messages only: the ONNX exporter's INFO chatter stays out of the terminal
     logger = logging.getLogger("vizkit")
     if not logger.handlers:
-        handler = logging.StreamHandler()
+        handler = _StderrHandler()
         handler.setFormatter(logging.Formatter("%(message)s"))
         logger.addHandler(handler)
         logger.setLevel(logging.INFO)
@@ -29,3 +39,32 @@ def run_cli(body: Callable[[], int], prog: str) -> int:
     except KeyboardInterrupt:
         print(f"{prog}: interrupted", file=sys.stderr)
         return EXIT_INTERRUPTED
+
+
+def add_own_model_args(parser: argparse.ArgumentParser) -> None:
+    """--model, --mean, --std, --dataset: for a person's own model and a bare state dict."""
+    parser.add_argument(
+        "--model",
+        metavar="PATH.py:NAME",
+        help="your model's code (a file or module and the class or function in it); needed for a bare state "
+        "dict, and for a run whose model file is not on this machine as it was at training",
+    )
+    parser.add_argument(
+        "--mean",
+        type=float,
+        nargs="+",
+        help="normalisation mean per channel (default: the checkpoint's; for a bare state dict the dataset's, "
+        "0.1307 for MNIST)",
+    )
+    parser.add_argument("--std", type=float, nargs="+", help="normalisation std per channel (default: as --mean)")
+    parser.add_argument(
+        "--dataset", choices=("mnist", "fashion-mnist", "cifar10"), help="for a bare state dict (default: mnist)"
+    )
+    parser.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        metavar="model_args.KEY=VALUE",
+        dest="model_args",
+        help="a keyword argument of --model's NAME(...), as in vizkit.train (repeatable)",
+    )

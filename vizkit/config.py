@@ -28,7 +28,7 @@ EXPERIMENTS_DIR = Path("experiments")
 class TrainConfig:
     """One training run. The defaults are vizkit's default recipe (experiments/default.toml says the same)."""
 
-    model: str = "vizkit"
+    model: str = "vizkit"  # a zoo name, PATH.py:NAME or package.module:NAME (see models.py)
     dataset: str = "mnist"
     epochs: int = 3
     batch_size: int = 128
@@ -51,6 +51,7 @@ class TrainConfig:
     log: str = "full"
     log_every: int = 50  # training steps between loss points in the event log
     eval_batch_size: int = 1000
+    model_args: dict[str, Any] = field(default_factory=dict)  # keyword arguments of a user model's NAME(...)
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -65,10 +66,28 @@ def _kind(name: str) -> type:
     return type(value)
 
 
+def _plain(value: Any) -> bool:
+    """A value a checkpoint can hold under weights_only (TOML's dates and times cannot)."""
+    if isinstance(value, (str, int, float, bool)):
+        return True
+    if isinstance(value, list):
+        return all(_plain(v) for v in value)
+    if isinstance(value, dict):
+        return all(isinstance(k, str) and _plain(v) for k, v in value.items())
+    return False
+
+
 def _check_type(name: str, value: Any, source: str) -> Any:
     kind = _kind(name)
     if kind is float and isinstance(value, int) and not isinstance(value, bool):
         return float(value)
+    if kind is dict:
+        if not isinstance(value, dict) or not all(isinstance(k, str) and _plain(v) for k, v in value.items()):
+            raise VizkitError(
+                f"{source}: '{name}' must be a table of keyword arguments (strings, numbers, booleans, lists), "
+                f"got {value!r}"
+            )
+        return dict(value)
     if kind is list:
         if not isinstance(value, list) or not all(
             isinstance(v, (int, float)) and not isinstance(v, bool) for v in value
@@ -81,7 +100,15 @@ def _check_type(name: str, value: Any, source: str) -> Any:
 
 
 def from_dict(values: dict[str, Any], source: str = "config", base: TrainConfig | None = None) -> TrainConfig:
-    """A TrainConfig from `values` on top of `base`; an unknown key is an error that names it."""
+    """A TrainConfig from `values` on top of `base`; an unknown key is an error that names it.
+
+    `model_args.KEY` (from `--set model_args.KEY=VALUE`) adds one keyword argument to the base's table."""
+    values = dict(values)
+    dotted = {k: values.pop(k) for k in [k for k in values if k.startswith("model_args.")]}
+    if dotted:
+        table = _check_type("model_args", values.get("model_args", (base or TrainConfig()).model_args), source)
+        table.update({k.partition(".")[2]: v for k, v in dotted.items()})
+        values["model_args"] = table
     unknown = sorted(set(values) - set(FIELDS))
     if unknown:
         raise VizkitError(f"{source}: unknown key {', '.join(map(repr, unknown))}; valid keys: {', '.join(FIELDS)}")
@@ -117,7 +144,9 @@ def load_config(name: str, base: TrainConfig | None = None) -> TrainConfig:
 def parse_assignment(text: str) -> tuple[str, Any]:
     """`key=value` from `--set`, the value read as TOML (`lr=0.1`, `mean=[0.5]`) or else as a bare string."""
     key, sep, raw = text.partition("=")
-    key = key.strip().replace("-", "_")
+    key = key.strip()
+    head, dot, tail = key.partition(".")
+    key = head.replace("-", "_") + dot + tail  # model_args.my-key keeps its own spelling
     if not sep or not key:
         raise VizkitError(f"--set expects key=value, got '{text}'")
     try:
@@ -156,9 +185,27 @@ def _toml_value(value: Any) -> str:
         return repr(value)
     if isinstance(value, list):
         return "[" + ", ".join(_toml_value(v) for v in value) + "]"
-    return json.dumps(str(value))  # a JSON string is a valid TOML basic string
+    if isinstance(value, dict):
+        return "{" + ", ".join(f"{_toml_string(k)} = {_toml_value(v)}" for k, v in value.items()) + "}"
+    return _toml_string(value)
+
+
+def _toml_string(value: Any) -> str:
+    # a JSON string is a valid TOML basic string, as long as it is not ASCII-escaped: TOML has no surrogate pairs
+    return json.dumps(str(value), ensure_ascii=False)
+
+
+def dict_to_toml(values: dict[str, Any]) -> str:
+    """Plain keys first, then one table per dict value (TOML puts tables after every plain key)."""
+    plain = "".join(f"{k} = {_toml_value(v)}\n" for k, v in values.items() if not isinstance(v, dict))
+    tables = "".join(
+        f"\n[{k}]\n" + "".join(f"{_toml_string(a)} = {_toml_value(b)}\n" for a, b in v.items())
+        for k, v in values.items()
+        if isinstance(v, dict)
+    )
+    return plain + tables
 
 
 def to_toml(cfg: TrainConfig) -> str:
     """The resolved config as TOML that load_config reads back to an equal TrainConfig."""
-    return "".join(f"{k} = {_toml_value(v)}\n" for k, v in cfg.to_dict().items())
+    return dict_to_toml(cfg.to_dict())

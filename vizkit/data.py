@@ -286,7 +286,7 @@ def load_dataset(name: str, data_dir: str | Path = "data", limit_train: int = 0,
         n_train = min(n_train, limit_train)
     train = Split(full.images[:n_train], full.labels[:n_train])
     val = Split(full.images[len(full) - val_size :], full.labels[len(full) - val_size :])
-    log.info("%s from %s: %d train, %d val, %d test", name, source, len(train), len(val), len(test))
+    log.debug("%s from %s: %d train, %d val, %d test", name, source, len(train), len(val), len(test))
     return Dataset(spec, train, val, test)
 
 

@@ -16,12 +16,13 @@ import sys
 import torch
 
 from vizkit.attribution import grad_cam, integrated_gradients, saliency
+from vizkit.checkpoint import normalisation_note
 from vizkit.cli import run_cli
 from vizkit.errors import VizkitError
 from vizkit.export import Normalized
 from vizkit.hooks import capture, resolve_layers
 from vizkit.inputs import add_input_args, add_model_args, load_model, load_sample
-from vizkit.models import conv_layer_names, require_conv
+from vizkit.models import conv_layer_names, display_name, require_conv
 from vizkit.plots import explain_figure, save_figure
 
 
@@ -43,7 +44,8 @@ def main(argv: list[str] | None = None) -> int:
         model, ckpt, ckpt_path = load_model(args)
         convs = conv_layer_names(model)
         if not (args.layer or convs):
-            raise VizkitError(f"Grad-CAM needs a conv layer and model '{ckpt['model']}' has none; use a conv model")
+            raise VizkitError(f"Grad-CAM needs a conv layer and model '{display_name(ckpt['model'])}' has none; "
+                              "use a model with an nn.Conv2d")  # fmt: skip
         layer = args.layer or convs[-1]
         resolve_layers(model, [layer])  # an unknown name lists every layer
         require_conv(model, layer, "Grad-CAM")
@@ -62,7 +64,7 @@ def main(argv: list[str] | None = None) -> int:
             f"Grad-CAM ({layer})": grad_cam(net, model, layer, x, target),
         }
         truth = f", label {classes[sample.label]}" if sample.label is not None else ""
-        title = f"{sample.name}{truth}: why {classes[target]}? ({ckpt_path})"
+        title = f"{sample.name}{truth}: why {classes[target]}? ({ckpt_path}; {normalisation_note(ckpt)})"
         fig = explain_figure(x[0], maps, probs, classes, title, sample.original, (convs[0], first[convs[0]][0]))
         out = args.out or ckpt_path.parent / "explain" / f"{sample.name}.png"
         print(save_figure(fig, out))

@@ -4,6 +4,7 @@ python -m vizkit.features --layer conv1                 # newest run, test image
 python -m vizkit.features --layer all --image digit.jpg
 python -m vizkit.features --layer conv1 --weights       # the kernels instead
 python -m vizkit.features --list-layers
+python -m vizkit.features --checkpoint cnn.pth --model my_cnn.py:CNN --layer conv1.0   # your own model
 """
 
 from __future__ import annotations
@@ -16,12 +17,13 @@ import torch
 from torch import nn
 
 from vizkit.attribution import optimize_inputs
+from vizkit.checkpoint import normalisation_note
 from vizkit.cli import run_cli
 from vizkit.errors import VizkitError
 from vizkit.export import Normalized
 from vizkit.hooks import capture, layer_names, resolve_layers
 from vizkit.inputs import Sample, add_input_args, add_model_args, load_model, load_sample
-from vizkit.models import require_conv
+from vizkit.models import conv_layer_names, require_conv
 from vizkit.plots import activation_figure, kernels_figure, save_figure, tiles_figure
 
 
@@ -58,7 +60,13 @@ def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m vizkit.features", description=__doc__.split("\n")[0])
     add_model_args(p)
     add_input_args(p)
-    p.add_argument("--layer", action="append", default=[], help="layer name (repeatable), or 'all' (default: conv1)")
+    p.add_argument(
+        "--layer",
+        action="append",
+        default=[],
+        help="layer name as the model names it (repeatable; see --list-layers), or 'all' "
+        "(default: the first conv layer)",
+    )
     p.add_argument("--list-layers", action="store_true", help="print the layer names with their output shapes")
     p.add_argument("--weights", action="store_true", help="draw the layer's conv kernels instead of its activations")
     p.add_argument(
@@ -75,11 +83,20 @@ def main(argv: list[str] | None = None) -> int:
     def body() -> int:
         model, ckpt, ckpt_path = load_model(args)
         if args.list_layers:
-            for name, shape in output_shapes(model, ckpt["input_shape"]).items():
-                kind = type(dict(model.named_modules())[name]).__name__
-                print(f"{name:<10} {kind:<12} {' x '.join(map(str, shape))}")
+            shapes = output_shapes(model, ckpt["input_shape"])
+            modules = dict(model.named_modules())
+            width = max([10] + [len(n) for n in shapes])
+            kinds = {n: type(modules[n]).__name__ for n in shapes}
+            kind_width = max([12] + [len(k) for k in kinds.values()])
+            for name, shape in shapes.items():
+                print(f"{name:<{width}} {kinds[name]:<{kind_width}} {' x '.join(map(str, shape))}")
             return 0
-        wanted = args.layer or ["conv1"]
+        convs = conv_layer_names(model)
+        if not args.layer and not convs:
+            raise VizkitError(
+                "this model has no conv layer to show by default; name one with --layer (see --list-layers)"
+            )
+        wanted = args.layer or convs[:1]
         layers = drawable_layers(model) if "all" in wanted else list(dict.fromkeys(wanted))
         modules = resolve_layers(model, layers)
         run_dir = ckpt_path.parent
@@ -98,7 +115,7 @@ def main(argv: list[str] | None = None) -> int:
             sample = load_sample(args, ckpt)
             with torch.no_grad(), capture(model, layers) as acts:
                 logits = Normalized(model, ckpt["mean"], ckpt["std"])(sample.pixels)
-            title = describe(logits, ckpt["classes"], sample)
+            title = describe(logits, ckpt["classes"], sample) + "; " + normalisation_note(ckpt)
             for name in layers:
                 figures[f"{name}-{sample.name}"] = activation_figure(acts[name][0], name, sample.pixels[0], title)
         paths = output_paths(args.out, run_dir / "features", list(figures))

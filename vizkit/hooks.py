@@ -29,34 +29,52 @@ def resolve_layers(model: nn.Module, names: list[str]) -> dict[str, nn.Module]:
 
 
 @contextmanager
+def modes_kept(model: nn.Module, eval_mode: bool = True) -> Iterator[nn.Module]:
+    """Eval mode for the duration (if asked), then every module's own train/eval flag as it was.
+
+    `model.train(was_training)` would not do: it sets the whole tree, so a BatchNorm frozen on purpose
+    (kept in eval inside a training model) would come back in train mode.
+    """
+    modes = {m: m.training for m in model.modules()}
+    try:
+        if eval_mode:
+            model.eval()
+        yield model
+    finally:
+        for m, training in modes.items():
+            m.training = training
+
+
+@contextmanager
 def capture(
-    model: nn.Module, names: list[str], *, eval_mode: bool = True, detach: bool = True
+    model: nn.Module, names: list[str], *, eval_mode: bool = True, detach: bool = True, inputs: bool = False
 ) -> Iterator[dict[str, torch.Tensor]]:
     """Record the outputs of the named layers as detached CPU tensors in the dict this yields.
 
     `eval_mode` runs the model in eval mode (BatchNorm statistics, no dropout) for the duration.
     `detach=False` keeps the outputs in the autograd graph, on their device (for Grad-CAM and the like).
-    On exit, normal or by exception, every hook is removed and the model's train/eval mode is restored.
+    `inputs=True` records what goes into each layer instead (the projector shows the classifier's input).
+    On exit, normal or by exception, every hook is removed and each module's train/eval mode is restored.
     """
     modules = resolve_layers(model, names)
     captured: dict[str, torch.Tensor] = {}
     handles = []
-    was_training = model.training
+
+    def keep(name: str, value: torch.Tensor | tuple) -> None:
+        out = value[0] if isinstance(value, (tuple, list)) else value
+        captured[name] = out.detach().cpu() if detach else out
 
     def hook_for(name: str):  # noqa: ANN202
-        def store(_module: nn.Module, _inputs: tuple, output: torch.Tensor | tuple) -> None:
-            out = output[0] if isinstance(output, (tuple, list)) else output
-            captured[name] = out.detach().cpu() if detach else out
+        if inputs:
+            return lambda _module, args: keep(name, args)
+        return lambda _module, _args, output: keep(name, output)
 
-        return store
-
-    try:
-        if eval_mode:
-            model.eval()
-        for name, module in modules.items():
-            handles.append(module.register_forward_hook(hook_for(name)))
-        yield captured
-    finally:
-        for handle in handles:
-            handle.remove()
-        model.train(was_training)
+    with modes_kept(model, eval_mode):
+        try:
+            for name, module in modules.items():
+                register = module.register_forward_pre_hook if inputs else module.register_forward_hook
+                handles.append(register(hook_for(name)))
+            yield captured
+        finally:
+            for handle in handles:
+                handle.remove()

@@ -11,8 +11,9 @@ import numpy as np
 import torch
 from torch import nn
 
+from vizkit.checkpoint import find_checkpoint, open_checkpoint
+from vizkit.cli import add_own_model_args
 from vizkit.errors import VizkitError
-from vizkit.export import find_checkpoint, load_checkpoint
 
 
 @dataclass
@@ -28,7 +29,27 @@ class Sample:
 def add_model_args(parser: argparse.ArgumentParser) -> None:
     group = parser.add_mutually_exclusive_group()
     group.add_argument("--run", metavar="RUN_DIR", help="a run directory (its best.pth); default: the newest run")
-    group.add_argument("--checkpoint", metavar="FILE", help="a .pth checkpoint written by vizkit.train")
+    group.add_argument(
+        "--checkpoint", metavar="FILE", help="a .pth from vizkit.train, or your own state dict (with --model)"
+    )
+    add_own_model_args(parser)
+
+
+def model_args_of(args: argparse.Namespace) -> dict[str, Any]:
+    """--set model_args.KEY=VALUE, read as vizkit.train reads it."""
+    from vizkit.config import parse_assignment
+
+    values = {}
+    for text in getattr(args, "model_args", None) or []:
+        key, value = parse_assignment(text)
+        if not key.startswith("model_args.") or key == "model_args.":
+            raise VizkitError(f"--set here takes model_args.KEY=VALUE only, got '{text}'")
+        values[key.partition(".")[2]] = value
+    return values
+
+
+def open_model(path: Path, args: argparse.Namespace) -> tuple[nn.Module, dict[str, Any]]:
+    return open_checkpoint(path, args.model, args.mean, args.std, args.dataset, model_args_of(args))
 
 
 def add_input_args(parser: argparse.ArgumentParser) -> None:
@@ -41,7 +62,7 @@ def add_input_args(parser: argparse.ArgumentParser) -> None:
 def load_model(args: argparse.Namespace) -> tuple[nn.Module, dict[str, Any], Path]:
     """The model named by --run/--checkpoint (or the newest run), its checkpoint dict, and the checkpoint path."""
     path = find_checkpoint(args.run, args.checkpoint)
-    model, ckpt = load_checkpoint(path)
+    model, ckpt = open_model(path, args)
     return model, ckpt, path
 
 
@@ -54,6 +75,8 @@ def load_sample(args: argparse.Namespace, ckpt: dict[str, Any]) -> Sample:
     from vizkit.data import load_test_split
 
     dataset = ckpt.get("dataset", "mnist")
+    if dataset is None:
+        raise VizkitError("this model's inputs match no known dataset, so there is no test image to show; give --image")
     data_dir = args.data_dir or ckpt["config"].get("data_dir", "data")
     test = load_test_split(dataset, data_dir)
     if not 0 <= args.index < len(test):

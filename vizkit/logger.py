@@ -19,8 +19,8 @@ from tensorboardX import SummaryWriter
 from tensorboardX.summary import hparams as hparams_summary
 from torch import nn
 
-from vizkit.analysis import Predictions, activation_stats
-from vizkit.hooks import capture
+from vizkit.analysis import Predictions
+from vizkit.hooks import modes_kept
 from vizkit.plots import feature_grid, samples_figure
 
 log = logging.getLogger(__name__)
@@ -39,13 +39,13 @@ class RunLogger:
     """A SummaryWriter that knows vizkit's tags and levels; a context manager, and close() is safe twice."""
 
     def __init__(
-        self, run_dir: str | Path, level: str = "full", epochs: int = 1, purge_step: int | None = None
+        self, run_dir: str | Path, level: str = "full", epochs: int | None = 1, purge_step: int | None = None
     ) -> None:
         """`purge_step`: on resume, the first step to log again; TensorBoard drops what an interrupted
         epoch left at or after it, so resumed curves have no doubled segment."""
         self.level = level
         self.writer = SummaryWriter(logdir=str(run_dir), purge_step=purge_step) if level != "off" else None
-        self.image_epochs = image_epochs(epochs)
+        self.image_epochs = image_epochs(epochs) if epochs else None  # None: epochs unknown, every epoch
 
     @property
     def full(self) -> bool:
@@ -75,18 +75,15 @@ class RunLogger:
         """The model graph by torch.jit.trace; False when tracing fails (the caller logs the ONNX graph then)."""
         if not self.full:
             return True
-        was_training = model.training
         try:
-            model.eval()
-            with warnings.catch_warnings():  # torch.jit.trace's deprecation notice, once per run
+            # each module's own mode comes back afterwards (a frozen BatchNorm stays frozen)
+            with modes_kept(model), warnings.catch_warnings():  # torch.jit.trace's deprecation notice
                 warnings.simplefilter("ignore", FutureWarning)
                 self.writer.add_graph(model, example)
             return True
         except Exception as exc:  # tracing fails on data-dependent control flow, among others
             log.info("add_graph could not trace the model (%s); the ONNX graph is logged instead", exc)
             return False
-        finally:
-            model.train(was_training)
 
     def onnx_graph(self, path: str | Path) -> None:
         if self.full:
@@ -97,16 +94,17 @@ class RunLogger:
         if self.full:
             self.writer.add_figure("samples/train", samples_figure(images.cpu(), labels.cpu(), classes), 0)
 
-    def feature_maps(self, model: nn.Module, layers: Sequence[str], batch: torch.Tensor, epoch: int) -> None:
-        """The activations of each layer for a fixed batch, one grid image per layer."""
-        if not self.full or epoch not in self.image_epochs:
-            return
-        with torch.no_grad(), capture(model, list(layers)) as maps:
-            model(batch)
-        for name in layers:
-            self.writer.add_image(f"features/{name}", feature_grid(maps[name]), epoch)
+    def wants_images(self, epoch: int) -> bool:
+        """Whether feature maps are logged this epoch (so the caller computes them only then)."""
+        return self.full and (self.image_epochs is None or epoch in self.image_epochs)
 
-    def histograms(self, model: nn.Module, epoch: int) -> None:
+    def feature_maps(self, maps: dict[str, torch.Tensor], epoch: int) -> None:
+        """Each layer's activations (N, C, H, W) for a fixed batch, one grid image per layer."""
+        if self.wants_images(epoch):
+            for name, activation in maps.items():
+                self.writer.add_image(f"features/{name}", feature_grid(activation), epoch)
+
+    def histograms(self, model: nn.Module, epoch: int) -> None:  # reads parameters; runs nothing
         """Weights and (the last step's) gradients of every parameter."""
         if not self.full:
             return
@@ -126,24 +124,25 @@ class RunLogger:
             file_writer.add_summary(summary)
         self.scalars(tagged, 0)
 
-    def activations(self, model: nn.Module, batch: torch.Tensor, epoch: int) -> None:
-        """Mean, std and dead fraction of every ReLU layer's output on a fixed batch."""
-        if not self.full:
-            return
-        for layer, stats in activation_stats(model, batch).items():
-            self.scalars({f"activations/{layer}/{k}": v for k, v in stats.items()}, epoch)
+    def activations(self, stats: dict[str, dict[str, float]], epoch: int) -> None:
+        """Mean, std and dead fraction of every ReLU layer's output (analysis.activation_stats)."""
+        if self.full:
+            for layer, values in stats.items():
+                self.scalars({f"activations/{layer}/{k}": v for k, v in values.items()}, epoch)
 
     def evaluation(
         self,
         pred: Predictions,
         per_class: Sequence[float],
         figures: dict[str, Figure],
-        images: torch.Tensor,
+        images: torch.Tensor | None,
         classes: Sequence[str],
         step: int,
         embed: int = 1000,
     ) -> None:
-        """The test set's per-class accuracy, figures (confusion matrix, top losses), PR curves and projector."""
+        """The test set's per-class accuracy, figures (confusion matrix, top losses), PR curves and projector.
+
+        `images`: the test images as pixels in [0, 1], for the projector's sprite."""
         if self.writer is None:
             return
         self.scalars({f"per_class_accuracy/{_tag(c)}": float(r) for c, r in zip(classes, per_class, strict=True)}, step)
@@ -158,7 +157,7 @@ class RunLogger:
             self.writer.add_embedding(
                 pred.features[:n],
                 metadata=[classes[int(y)] for y in pred.labels[:n]],
-                label_img=images[:n].float() / 255,
+                label_img=images[:n].float() if images is not None else None,
                 global_step=step,
                 tag="penultimate",
             )

@@ -1,14 +1,23 @@
-"""The model zoo: every model of the tutorials by name, plus vizkit's accurate default.
+"""Models by name: the zoo of the tutorials (plus vizkit's accurate default), and a person's own model.
 
-Each model is an `nn.Sequential` of named layers, so a person can type the names a hook needs
-(`conv1`, `relu1`, `fc1`, ...) and they are the names `dict(model.named_modules())` uses.
-Input channels and size come from the dataset; the first Linear's width is measured, not hand-computed.
+Zoo models are `nn.Sequential`s of named layers, so a person can type the names a hook needs (`conv1`,
+`relu1`, `fc1`, ...). A person's own model is named `PATH.py:NAME` or `package.module:NAME`, where NAME is
+an `nn.Module` class or a function returning one; its layers keep the names its author gave them. Input
+channels and size come from the dataset; a zoo model's first Linear width is measured, not hand-computed.
 """
 
 from __future__ import annotations
 
+import hashlib
+import importlib
+import importlib.machinery
+import importlib.util
+import inspect
+import sys
 from collections import OrderedDict
 from collections.abc import Callable
+from pathlib import Path
+from typing import Any
 
 import torch
 from torch import nn
@@ -33,21 +42,221 @@ def list_models() -> list[str]:
     return sorted(_REGISTRY)
 
 
-def get_model(name: str, in_channels: int = 1, image_size: int = 28, num_classes: int = 10) -> nn.Module:
-    """A freshly initialised model by name; an unknown name is an error that lists the known ones."""
-    if name not in _REGISTRY:
-        raise VizkitError(f"unknown model '{name}'; choose one of {', '.join(list_models())}")
+def is_user_model(name: str) -> bool:
+    """True for `PATH.py:NAME` and `package.module:NAME`, False for a zoo name."""
+    return ":" in name or name.endswith(".py")
+
+
+def split_spec(spec: str) -> tuple[str, str]:
+    """`PATH.py:NAME` or `module:NAME` -> (PATH.py or module, NAME), with one error for each malformed kind."""
+    where, sep, name = spec.rpartition(":")
+    if not sep:
+        raise VizkitError(f"--model {spec}: name the class or function in it too, as {spec}:NAME")
+    if not name.isidentifier():
+        shown = f"'{name}' is not a Python name" if name else "the name after ':' is missing"
+        raise VizkitError(f"--model {spec}: {shown}; give the class or function that builds the model, as FILE.py:NAME")
+    if not where:
+        raise VizkitError(f"--model {spec}: the file or module before ':' is missing; give FILE.py:NAME")
+    return where, name
+
+
+def absolute_spec(spec: str) -> str:
+    """A file spec with its path made absolute (so a run can be resumed or inspected from any directory)."""
+    if not is_user_model(spec):
+        return spec
+    where, name = split_spec(spec)
+    return f"{Path(where).resolve()}:{name}" if where.endswith(".py") else spec
+
+
+def display_name(spec: str) -> str:
+    """What a run directory is named after: the zoo name, or NAME of a user spec."""
+    return spec.rpartition(":")[2] if is_user_model(spec) else spec
+
+
+def locate_source(spec: str) -> Path | None:
+    """The file a user spec's code lives in, found without running any of it (None if it cannot be found)."""
+    where, _ = split_spec(spec)
+    if where.endswith(".py"):
+        return Path(where).resolve()
+    # Walk the package path the way import does, but with PathFinder, which reads directories only.
+    parts, search, found = where.split("."), None, None
+    for i in range(len(parts)):
+        found = importlib.machinery.PathFinder.find_spec(".".join(parts[: i + 1]), search)
+        if found is None:
+            return None
+        search = found.submodule_search_locations
+    return Path(found.origin).resolve() if found is not None and found.origin else None
+
+
+def sha256_file(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else type(exc).__name__
+
+
+def _import_user_module(where: str):  # noqa: ANN202
+    """Import the module of a user spec: a file by its path (its folder importable while it loads) or a module."""
+    if not where.endswith(".py"):
+        try:
+            return importlib.import_module(where)
+        except ModuleNotFoundError as exc:
+            if exc.name and where.startswith(exc.name):
+                raise VizkitError(f"no module named '{where}'; give a file as PATH.py:NAME, or install it") from None
+            raise VizkitError(f"importing {where} failed: {_first_line(exc)}; install what it imports") from None
+        except SystemExit:
+            raise VizkitError(f"importing {where} exited (a script's top level ran)") from None
+        except Exception as exc:
+            raise VizkitError(f"importing {where} raised {type(exc).__name__}: {_first_line(exc)}") from None
+    path = Path(where).resolve()
+    if not path.is_file():
+        raise VizkitError(f"model file {where} does not exist; give the path of your model's .py file")
+    module_name = "vizkit_user_" + hashlib.sha256(str(path).encode()).hexdigest()[:12] + "_" + path.stem
+    loader_spec = importlib.util.spec_from_file_location(module_name, path)
+    module = importlib.util.module_from_spec(loader_spec)
+    sys.modules[module_name] = module  # dataclasses and pickling look their module up here
+    sys.path.insert(0, str(path.parent))  # `from my_layers import Block` beside the file keeps working
     try:
-        return _REGISTRY[name](in_channels=in_channels, image_size=image_size, num_classes=num_classes)
-    except RuntimeError as exc:  # e.g. the input is too small for this many poolings
+        loader_spec.loader.exec_module(module)
+    except SyntaxError as exc:
+        del sys.modules[module_name]
+        raise VizkitError(f"{where}:{exc.lineno}: syntax error ({exc.msg}); fix the file and try again") from None
+    except ImportError as exc:
+        del sys.modules[module_name]
         raise VizkitError(
-            f"model '{name}' does not fit {in_channels}x{image_size}x{image_size} inputs: {exc}"
+            f"{where} could not import what it needs: {_first_line(exc)}; install it or fix the import"
         ) from None
+    except SystemExit:  # a script's top level ran (argparse, sys.exit)
+        del sys.modules[module_name]
+        raise VizkitError(
+            f"{where} exited while being imported (a script's top level ran); put that part under "
+            "if __name__ == '__main__':"
+        ) from None
+    except Exception as exc:  # the person's code raised while it was being imported
+        del sys.modules[module_name]
+        raise VizkitError(f"{where} raised {type(exc).__name__} while being imported: {_first_line(exc)}") from None
+    finally:
+        sys.path.remove(str(path.parent))
+    return module
+
+
+def _build_user_model(spec: str, dims: dict[str, int], model_args: dict[str, Any], own_only: bool) -> nn.Module:
+    where, name = split_spec(spec)
+    module = _import_user_module(where)
+    factory = getattr(module, name, None)
+    is_module_class = inspect.isclass(factory) and issubclass(factory, nn.Module)
+    if (
+        own_only
+        and factory is not None
+        and not (
+            getattr(factory, "__module__", None) == module.__name__ and (is_module_class or inspect.isfunction(factory))
+        )
+    ):
+        raise VizkitError(
+            f"{where}:{name} is not an nn.Module class or function defined in that file, so a checkpoint may not "
+            "name it; pass --model PATH.py:NAME yourself"
+        )
+    if factory is None:
+        models = [k for k, v in vars(module).items() if inspect.isclass(v) and issubclass(v, nn.Module)
+                  and v.__module__ == module.__name__]  # fmt: skip
+        hint = f"; it defines {', '.join(models)}" if models else "; it defines no nn.Module class"
+        raise VizkitError(f"{where} has no '{name}'{hint}")
+    if inspect.isclass(factory) and not issubclass(factory, nn.Module):
+        raise VizkitError(f"{where}:{name} is a class but not a torch.nn.Module; name your model's class")
+    if not callable(factory):
+        raise VizkitError(f"{where}:{name} is a {type(factory).__name__}, not a class or a function; name your model")
+    # Pass the dataset's shape only to the parameters that ask for it by name.
+    try:
+        params = inspect.signature(factory).parameters
+    except (TypeError, ValueError):
+        params = {}
+    kwargs = {k: v for k, v in dims.items() if k in params and k not in model_args}
+    try:
+        model = factory(**kwargs, **model_args)
+    except TypeError as exc:
+        raise VizkitError(
+            f"{where}:{name}(...) could not be called: {_first_line(exc)}; "
+            "give its arguments as --set model_args.KEY=VALUE (or a [model_args] table)"
+        ) from None
+    except Exception as exc:
+        raise VizkitError(f"{where}:{name}(...) raised {type(exc).__name__}: {_first_line(exc)}") from None
+    if not isinstance(model, nn.Module):
+        raise VizkitError(f"{where}:{name} returned a {type(model).__name__}, not a torch.nn.Module")
+    return model
+
+
+def _check_fits(model: nn.Module, name: str, in_channels: int, image_size: int, num_classes: int) -> None:
+    """One forward pass of two blank images in eval mode (nothing changes), so a mismatch is a clear error."""
+    modes = {m: m.training for m in model.modules()}
+    shape = f"{in_channels}x{image_size}x{image_size}"
+    try:
+        model.eval()
+        with torch.no_grad():
+            out = model(torch.zeros(2, in_channels, image_size, image_size))
+    except Exception as exc:
+        raise VizkitError(f"model '{name}' does not take {shape} inputs: {_first_line(exc)}") from None
+    finally:
+        for m, training in modes.items():
+            m.training = training
+    if not isinstance(out, torch.Tensor) or tuple(out.shape) != (2, num_classes):
+        got = tuple(out.shape) if isinstance(out, torch.Tensor) else type(out).__name__
+        raise VizkitError(
+            f"model '{name}' must return logits of shape (batch, {num_classes}) for {shape} inputs; "
+            f"for a batch of 2 it returned {got}"
+        )
+
+
+def get_model(
+    name: str,
+    in_channels: int = 1,
+    image_size: int = 28,
+    num_classes: int = 10,
+    model_args: dict[str, Any] | None = None,
+    own_only: bool = False,
+) -> nn.Module:
+    """A freshly initialised model: a zoo name, or a person's own `PATH.py:NAME` / `module:NAME`.
+
+    Naming a user model imports its file, which runs its code: checkpoint.py decides when that is allowed,
+    and passes `own_only` for a spec that a checkpoint named (NAME must then be an nn.Module class or a
+    function defined in that file). Any model that does not map (N, C, H, W) inputs to (N, classes) logits
+    is an error saying so.
+    """
+    if is_user_model(name):
+        dims = {"in_channels": in_channels, "image_size": image_size, "num_classes": num_classes}
+        model = _build_user_model(name, dims, dict(model_args or {}), own_only)
+    else:
+        if model_args:
+            raise VizkitError(f"model_args are for your own model; zoo model '{name}' takes none")
+        if name not in _REGISTRY:
+            raise VizkitError(
+                f"unknown model '{name}'; choose one of {', '.join(list_models())}, or your own as PATH.py:NAME"
+            )
+        try:
+            model = _REGISTRY[name](in_channels=in_channels, image_size=image_size, num_classes=num_classes)
+        except RuntimeError as exc:  # e.g. the input is too small for this many poolings
+            raise VizkitError(
+                f"model '{name}' does not fit {in_channels}x{image_size}x{image_size} inputs: {exc}"
+            ) from None
+    _check_fits(model, display_name(name), in_channels, image_size, num_classes)
+    return model
 
 
 def conv_layer_names(model: nn.Module) -> list[str]:
-    """Names of the model's Conv2d layers, in forward order: `conv1`, `conv2`, ..."""
+    """Names of the model's Conv2d layers, in registration order: `conv1`, `features.3`, `stem.1.conv`, ..."""
     return [name for name, module in model.named_modules() if isinstance(module, nn.Conv2d)]
+
+
+def last_linear_name(model: nn.Module) -> str | None:
+    """The last nn.Linear (the classifier, in most models): its input is what the projector shows."""
+    names = [name for name, module in model.named_modules() if isinstance(module, nn.Linear)]
+    return names[-1] if names else None
+
+
+def relu_layer_names(model: nn.Module) -> list[str]:
+    """nn.ReLU modules (functional F.relu calls have no module, so no name to hook)."""
+    return [name for name, module in model.named_modules() if isinstance(module, (nn.ReLU, nn.ReLU6))]
 
 
 def require_conv(model: nn.Module, name: str, purpose: str) -> nn.Conv2d:

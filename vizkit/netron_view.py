@@ -3,6 +3,7 @@
 python -m vizkit.netron_view runs/X/model.onnx
 python -m vizkit.netron_view runs/X              # the run's model.onnx
 python -m vizkit.netron_view runs/X/best.pth     # exported to ONNX first: Netron draws no graph for a state dict
+python -m vizkit.netron_view cnn.pth --model my_cnn.py:CNN   # your own state dict, with your model's code
 """
 
 from __future__ import annotations
@@ -15,14 +16,17 @@ import sys
 import tempfile
 import time
 import webbrowser
+import zipfile
 from pathlib import Path
 
-from vizkit.cli import run_cli
+from vizkit.cli import add_own_model_args, run_cli
 from vizkit.errors import VizkitError
 
 
-def onnx_for(target: str, workdir: Path) -> Path:
-    """The ONNX file to serve for a .onnx file, a .pth checkpoint (exported into workdir) or a run directory."""
+def onnx_for(target: str, workdir: Path, args: argparse.Namespace | None = None) -> Path:
+    """The ONNX file to serve for a .onnx file, a .pth checkpoint (exported into workdir) or a run directory.
+
+    `args` carries --model/--mean/--std/--dataset for a checkpoint (see inputs.add_own_model_args)."""
     path = Path(target)
     if path.is_dir():
         if (path / "model.onnx").is_file():
@@ -34,11 +38,19 @@ def onnx_for(target: str, workdir: Path) -> Path:
     if not path.is_file():
         raise VizkitError(f"{path} does not exist; give a .onnx file, a .pth checkpoint or a run directory")
     suffix = path.suffix.lower()
-    if suffix in (".pth", ".pt"):
-        from vizkit.export import export_onnx, load_checkpoint
+    # torch.save writes a zip archive, whatever the name: .pth, .pt, tutorial 004's .pk, .ckpt, ...
+    if suffix in (".pth", ".pt", ".pk", ".pkl", ".ckpt") or (suffix != ".onnx" and zipfile.is_zipfile(path)):
+        from vizkit.export import export_onnx
+        from vizkit.inputs import open_model
 
-        model, ckpt = load_checkpoint(path)
-        return export_onnx(model, ckpt["mean"], ckpt["std"], ckpt["input_shape"], workdir / f"{path.stem}.onnx")
+        model, ckpt = open_model(
+            path, args or argparse.Namespace(model=None, mean=None, std=None, dataset=None, model_args=[])
+        )
+        try:
+            return export_onnx(model, ckpt["mean"], ckpt["std"], ckpt["input_shape"], workdir / f"{path.stem}.onnx")
+        except Exception as exc:  # torch.export does not take every model (data-dependent control flow, ...)
+            first = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:200]
+            raise VizkitError(f"{path}: the model could not be exported to ONNX for Netron: {first}") from None
     if suffix != ".onnx":
         raise VizkitError(f"{path} is not a model vizkit can show; give a .onnx file, a .pth checkpoint or a run")
     import onnx
@@ -76,11 +88,12 @@ def can_open_browser() -> bool:
 
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m vizkit.netron_view", description=__doc__.split("\n")[0])
-    p.add_argument("model", metavar="MODEL", help="a .onnx file, a .pth checkpoint, or a run directory")
+    p.add_argument("target", metavar="MODEL", help="a .onnx file, a .pth checkpoint, or a run directory")
     p.add_argument("--host", default="127.0.0.1", help="address to bind; 0.0.0.0 shares it on the network "
                    "(default: 127.0.0.1, this machine only)")  # fmt: skip
     p.add_argument("--port", type=int, default=0, help="port (default: 0, a free one)")
     p.add_argument("--no-browser", action="store_true", help="only print the URL")
+    add_own_model_args(p)
     return p
 
 
@@ -91,7 +104,7 @@ def main(argv: list[str] | None = None) -> int:
         import netron
 
         with tempfile.TemporaryDirectory(prefix="vizkit-netron-") as workdir:
-            path = onnx_for(args.model, Path(workdir))
+            path = onnx_for(args.target, Path(workdir), args)
             host, port = serve(path, args.host, args.port)
             url = f"http://{host}:{port}"
             print(f"Netron is serving {path} at {url} (the file itself: {url}/data/{path.name}); Ctrl-C stops it")

@@ -14,18 +14,21 @@ from vizkit.files import atomic_write
 
 
 def curves_figure(history: Sequence[dict]) -> Figure:
-    """Loss and accuracy per epoch, train and validation, side by side."""
+    """Loss and accuracy per epoch, train and validation, side by side (whichever of them the history has)."""
     epochs = [h["epoch"] for h in history]
     fig = Figure(figsize=(10, 4), dpi=100)
     ax_loss, ax_acc = fig.subplots(1, 2)
     for split, style in (("train", "-o"), ("val", "--s")):
-        ax_loss.plot(epochs, [h[f"{split}_loss"] for h in history], style, label=split)
-        ax_acc.plot(epochs, [100 * h[f"{split}_accuracy"] for h in history], style, label=split)
+        for ax, key, scale in ((ax_loss, f"{split}_loss", 1), (ax_acc, f"{split}_accuracy", 100)):
+            points = [(h["epoch"], scale * h[key]) for h in history if h.get(key) is not None]
+            if points:
+                ax.plot(*zip(*points, strict=True), style, label=split)
     ax_loss.set(title="loss", xlabel="epoch", ylabel="cross-entropy")
     ax_acc.set(title="accuracy", xlabel="epoch", ylabel="%")
     for ax in (ax_loss, ax_acc):
         ax.grid(alpha=0.3)
-        ax.legend()
+        if ax.lines:
+            ax.legend()
         ax.set_xticks(epochs if len(epochs) <= 20 else epochs[:: max(1, len(epochs) // 10)])
     fig.tight_layout()
     return fig

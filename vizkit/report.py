@@ -21,10 +21,11 @@ from matplotlib.ticker import MaxNLocator
 from PIL import Image
 
 from vizkit.analysis import format_summary, model_summary
+from vizkit.checkpoint import find_checkpoint, open_checkpoint, read_checkpoint
 from vizkit.cli import run_cli
 from vizkit.data import load_test_split
 from vizkit.errors import VizkitError
-from vizkit.export import Normalized, find_checkpoint, load_checkpoint
+from vizkit.export import Normalized
 from vizkit.files import atomic_write_text
 from vizkit.hooks import capture
 from vizkit.models import conv_layer_names
@@ -86,9 +87,9 @@ def load_run(run_dir: Path) -> dict[str, Any]:
     return {"dir": run_dir, "metrics": metrics, "checkpoint": find_checkpoint(str(run_dir))}
 
 
-def run_section(run: dict[str, Any], data_dir: str | None) -> str:
+def run_section(run: dict[str, Any], data_dir: str | None, model_spec: str | None = None) -> str:
     run_dir, metrics = run["dir"], run["metrics"]
-    model, ckpt = load_checkpoint(run["checkpoint"])
+    model, ckpt = open_checkpoint(run["checkpoint"], model_spec)
     parts = [f"<h2>Run {html.escape(str(run_dir))}</h2>"]
     final = [
         ["test accuracy", f"{100 * metrics['test_accuracy']:.2f}%"],
@@ -126,7 +127,7 @@ def run_section(run: dict[str, Any], data_dir: str | None) -> str:
 
 
 def comparison_section(runs: list[dict[str, Any]]) -> str:
-    configs = [load_checkpoint(r["checkpoint"])[1]["config"] for r in runs]
+    configs = [read_checkpoint(r["checkpoint"])["config"] for r in runs]  # no model is built: no code runs
     keys = [k for k in configs[0] if k not in ("run_dir",)]
     differs = {i for i, k in enumerate(keys) if len({json.dumps(c.get(k)) for c in configs}) > 1}
     rows = [[k] + [c.get(k, "") for c in configs] for k in keys]
@@ -161,12 +162,12 @@ def comparison_section(runs: list[dict[str, Any]]) -> str:
     )
 
 
-def render(runs: list[dict[str, Any]], data_dir: str | None) -> str:
+def render(runs: list[dict[str, Any]], data_dir: str | None, model_spec: str | None = None) -> str:
     title = "vizkit report: " + ", ".join(r["dir"].name for r in runs)
     body = [f"<h1>{html.escape(title)}</h1><p>Written {datetime.now():%Y-%m-%d %H:%M} by python -m vizkit.report.</p>"]
     if len(runs) > 1:
         body.append(comparison_section(runs))
-    body += [run_section(r, data_dir) for r in runs]
+    body += [run_section(r, data_dir, model_spec) for r in runs]
     return (
         f'<!DOCTYPE html>\n<html lang="en"><head><meta charset="utf-8"><title>{html.escape(title)}</title>'
         f"<style>{STYLE}</style></head><body>\n" + "\n".join(body) + "\n</body></html>\n"
@@ -178,6 +179,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("runs", nargs="+", metavar="RUN_DIR", help="one run, or several to compare")
     p.add_argument("--out", help="output .html (default: RUN_DIR/report.html for one run, report.html for several)")
     p.add_argument("--data-dir", help="where the test set lives (default: the one each run was trained from)")
+    p.add_argument("--model", metavar="PATH.py:NAME", help="your model's code, for runs whose model file is not on "
+                   "this machine as it was at training")  # fmt: skip
     return p
 
 
@@ -190,7 +193,7 @@ def main(argv: list[str] | None = None) -> int:
             Path(args.out) if args.out else (runs[0]["dir"] / "report.html" if len(runs) == 1 else Path("report.html"))
         )
         out.parent.mkdir(parents=True, exist_ok=True)
-        print(atomic_write_text(out, render(runs, args.data_dir)))
+        print(atomic_write_text(out, render(runs, args.data_dir, args.model)))
         return 0
 
     return run_cli(body, "vizkit.report")

@@ -1,0 +1,332 @@
+"""The checkpoint format, defined once: what a .pth holds, how it is saved and read, and which model it rebuilds.
+
+A vizkit checkpoint is a dict of plain values (so `torch.load(weights_only=True)` reads it):
+
+    state_dict   the model's weights, on the CPU
+    model        a zoo name, or the user model's spec (`/abs/path/file.py:NAME` or `package.module:NAME`)
+    model_args   keyword arguments NAME(...) was called with
+    model_source {path, sha256} of the user model's file at training time, or None for zoo models
+    config       the settings it was trained with; classes, mean, std, input_shape [C, H, W], dataset
+    epoch, val_accuracy, and in last.pth `resume` (the training state --resume continues from)
+
+A bare state dict from a hand-written loop (`torch.save(model.state_dict(), 'cnn.pth')`, or one under
+`state_dict`, `model_state_dict` or `model`) opens too, with --model naming the code and the dataset's
+normalisation unless --mean/--std say otherwise.
+
+Trust: a user model's code is imported only when the person named it (--model), or when the recorded file
+is still at its path with the recorded sha256 (their own file, unchanged since training). A run directory
+shared with someone else therefore runs no code they did not choose, the promise weights_only makes for pickles.
+"""
+
+from __future__ import annotations
+
+import pickle
+import pickletools
+import re
+import site
+import sys
+import zipfile
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from vizkit.data import get_spec
+from vizkit.errors import VizkitError
+from vizkit.files import atomic_write
+from vizkit.models import display_name, get_model, is_user_model, locate_source, sha256_file
+
+CHECKPOINT_KEYS = ("model", "state_dict", "config", "classes", "mean", "std", "input_shape")
+WRAPPER_KEYS = ("state_dict", "model_state_dict", "model")  # where tutorials put the weights in a dict
+SOURCE_DIR = "source"  # a run keeps a copy of a user model's file here, for the record
+
+
+def model_fields(spec: str, model_args: dict[str, Any] | None = None) -> dict[str, Any]:
+    """The `model`, `model_args` and `model_source` entries for a model spec (hashing a user model's file)."""
+    source = None
+    if spec and is_user_model(spec):
+        path = locate_source(spec)
+        if path is not None and path.is_file():
+            source = {"path": str(path), "sha256": sha256_file(path)}
+    return {"model": spec, "model_args": dict(model_args or {}), "model_source": source}
+
+
+def save_checkpoint(path: str | Path, model: nn.Module, /, **fields: Any) -> Path:
+    """Save the state dict with what is needed to rebuild and feed the model (see CHECKPOINT_KEYS)."""
+    state = {k: v.detach().cpu() for k, v in model.state_dict().items()}
+    payload = {"state_dict": state, **fields}
+    missing = [k for k in CHECKPOINT_KEYS if k not in payload]
+    if missing:
+        raise ValueError(f"checkpoint fields missing: {missing}")
+    atomic_write(Path(path), lambda tmp: torch.save(payload, tmp))
+    return Path(path)
+
+
+def _pickled_globals(path: Path) -> list[str]:
+    """The classes and functions a torch.save pickle refers to, read off its opcodes (nothing is unpickled)."""
+    try:
+        with zipfile.ZipFile(path) as archive:
+            name = next(n for n in archive.namelist() if n.endswith("data.pkl"))
+            data = archive.read(name)
+        found, strings = [], []
+        for op, arg, _ in pickletools.genops(data):
+            if op.name == "GLOBAL":
+                found.append(str(arg).replace(" ", "."))
+            elif op.name == "STACK_GLOBAL" and len(strings) >= 2:
+                found.append(f"{strings[-2]}.{strings[-1]}")
+            elif isinstance(arg, str):
+                strings.append(arg)
+        return found
+    except Exception:  # a damaged archive: the caller's own error says so
+        return []
+
+
+def _load(path: Path) -> Any:
+    """torch.load with weights_only=True, every failure one line."""
+    if not path.is_file():
+        raise VizkitError(f"checkpoint {path} does not exist; give a .pth written by torch.save or vizkit.train")
+    if not zipfile.is_zipfile(path):  # torch.save writes a zip archive; a cut one has lost its directory
+        raise VizkitError(f"{path} is not a readable checkpoint (truncated, or not written by torch.save)")
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as exc:
+        if any(g.startswith("torch.nn.modules.") for g in _pickled_globals(path)):
+            raise VizkitError(
+                f"{path} holds a whole pickled model (torch.save(model)), which safe loading refuses because "
+                "unpickling it runs code; save the weights instead with torch.save(model.state_dict(), "
+                f"'{path.name}') and open it with --model PATH.py:NAME"
+            ) from None
+        # torch words it "Unsupported global: GLOBAL x.y" or "unsupported GLOBAL x.y", by version
+        found = re.search(r"unsupported (?:global: )?GLOBAL ([\w.]+)", str(exc), re.IGNORECASE)
+        what = f" ({found.group(1)})" if found else ""
+        raise VizkitError(
+            f"{path} was refused by safe loading (weights_only=True): it would run code{what}; "
+            "use only checkpoints of weights (a state dict) or from vizkit.train"
+        ) from None
+    except (RuntimeError, EOFError, zipfile.BadZipFile, ValueError, OSError) as exc:
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise VizkitError(f"{path} is not a readable checkpoint (truncated or another format): {first[:160]}") from None
+
+
+def read_checkpoint(path: str | Path) -> dict[str, Any]:
+    """A vizkit checkpoint's dict, loaded with weights_only=True: a pickle that carries code is refused."""
+    path = Path(path)
+    ckpt = _load(path)
+    if not is_vizkit_checkpoint(ckpt):
+        raise VizkitError(f"{path} is not a vizkit checkpoint (no model name, config and normalisation in it)")
+    _check_fields(ckpt, path)
+    return ckpt
+
+
+def is_vizkit_checkpoint(ckpt: Any) -> bool:
+    return isinstance(ckpt, dict) and all(k in ckpt for k in CHECKPOINT_KEYS)
+
+
+def _check_fields(ckpt: dict[str, Any], path: Path) -> None:
+    """Each field of the format has its type, so a hand-edited checkpoint is one line, not a traceback."""
+    source = ckpt.get("model_source")
+    problems = {
+        "model": isinstance(ckpt["model"], str),
+        "model_args": isinstance(ckpt.get("model_args") or {}, dict),
+        "model_source": source is None
+        or (isinstance(source, dict) and isinstance(source.get("path"), str) and isinstance(source.get("sha256"), str)),
+        "state_dict": _is_state_dict(ckpt["state_dict"]),
+        "config": isinstance(ckpt["config"], dict),
+        "classes": isinstance(ckpt["classes"], list) and len(ckpt["classes"]) > 0,
+        "mean": isinstance(ckpt["mean"], list),
+        "std": isinstance(ckpt["std"], list),
+        "input_shape": isinstance(ckpt["input_shape"], list)
+        and len(ckpt["input_shape"]) == 3
+        and all(isinstance(v, int) and v > 0 for v in ckpt["input_shape"]),
+    }
+    bad = [k for k, ok in problems.items() if not ok]
+    if bad:
+        raise VizkitError(f"{path} is not a valid vizkit checkpoint: its {', '.join(bad)} field is malformed")
+
+
+def _is_state_dict(value: Any) -> bool:
+    return isinstance(value, dict) and bool(value) and all(isinstance(v, torch.Tensor) for v in value.values())
+
+
+def bare_state_dict(ckpt: Any, path: Path) -> dict[str, torch.Tensor]:
+    """The weights of a hand-written loop's checkpoint: a state dict, or one inside a dict under a usual key."""
+    if _is_state_dict(ckpt):
+        return dict(ckpt)
+    if isinstance(ckpt, dict):
+        for key in WRAPPER_KEYS:
+            if _is_state_dict(ckpt.get(key)):
+                return dict(ckpt[key])
+    raise VizkitError(
+        f"{path} holds no state dict (a dict of tensors, or one under {', '.join(WRAPPER_KEYS)}); "
+        "save one with torch.save(model.state_dict(), PATH)"
+    )
+
+
+def _names(keys: list[str], limit: int = 4) -> str:
+    shown = ", ".join(keys[:limit])
+    return shown + (f" and {len(keys) - limit} more" if len(keys) > limit else "")
+
+
+def load_weights(model: nn.Module, state: dict[str, torch.Tensor], path: Path, name: str) -> None:
+    """load_state_dict, with every mismatch (missing, unexpected, other shapes) said in one line."""
+    if state and all(k.startswith("module.") for k in state):  # saved from a DataParallel/DDP wrapper
+        state = {k.removeprefix("module."): v for k, v in state.items()}
+    own = model.state_dict()
+    missing = [k for k in own if k not in state]
+    unexpected = [k for k in state if k not in own]
+    shapes = [
+        f"{k} ({'x'.join(map(str, state[k].shape))} in the file, {'x'.join(map(str, own[k].shape))} in the model)"
+        for k in own
+        if k in state and state[k].shape != own[k].shape
+    ]
+    problems = (
+        [f"missing {_names(missing)}"] * bool(missing)
+        + [f"unexpected {_names(unexpected)}"] * bool(unexpected)
+        + [f"other shapes: {_names(shapes, 2)}"] * bool(shapes)
+    )
+    if problems:
+        raise VizkitError(
+            f"{path} does not match model '{name}': {'; '.join(problems)}; "
+            "give the --model these weights were trained with"
+        )
+    model.load_state_dict(state)
+
+
+def _installed_code_dirs() -> list[Path]:
+    """Where code comes with Python or its packages: a checkpoint may not name a file there by itself
+    (os.py's hash is known to anyone, and its functions do anything with the arguments a checkpoint gives)."""
+    dirs = {sys.prefix, sys.base_prefix, sys.exec_prefix, sys.base_exec_prefix, *site.getsitepackages()}
+    dirs.add(site.getusersitepackages())
+    dirs.add(str(Path(__file__).resolve().parent))  # vizkit itself
+    return [Path(d).resolve() for d in dirs if d]
+
+
+def _inside(path: Path, folder: Path) -> bool:
+    return path == folder or folder in path.parents
+
+
+def trusted_spec(ckpt: dict[str, Any], path: Path) -> str:
+    """The recorded model spec, if its code may be imported without the person naming it (see the module doc)."""
+    spec = ckpt["model"]
+    if spec and not is_user_model(spec):
+        return spec
+    copy = path.parent / SOURCE_DIR
+    kept = f" (the training source is kept in {copy})" if copy.is_dir() else ""
+    how = f"pass --model PATH.py:{display_name(spec) if spec else 'NAME'} to use code you chose{kept}"
+    source = ckpt.get("model_source")
+    if not spec or not source:
+        what = f"'{spec}'" if spec else "a model vizkit cannot name (built inline, e.g. an nn.Sequential in a script)"
+        raise VizkitError(f"{path} was trained with {what} and no source file was recorded; {how}")
+    recorded = Path(source["path"]).resolve()
+    run_folder = path.resolve().parent
+    if _inside(recorded, run_folder) or any(_inside(recorded, d) for d in _installed_code_dirs()):
+        where = "the checkpoint's own folder" if _inside(recorded, run_folder) else "Python's or a package's own code"
+        raise VizkitError(
+            f"{path} names its model code in {recorded}, which is {where}, not a model file of yours; "
+            f"it is not imported: {how}"
+        )
+    located = locate_source(spec)
+    if not recorded.is_file() or located != recorded:
+        raise VizkitError(
+            f"{path} would import its model from {recorded}, which is not there; vizkit imports a run's code only "
+            f"from the file it was trained with, so {how}"
+        )
+    if sha256_file(recorded) != source["sha256"]:
+        raise VizkitError(
+            f"{path} would import its model from {recorded}, which has changed since training (sha256 differs), "
+            f"so it is not imported; {how}"
+        )
+    return spec
+
+
+def open_checkpoint(
+    path: str | Path,
+    model: str | None = None,
+    mean: Sequence[float] | None = None,
+    std: Sequence[float] | None = None,
+    dataset: str | None = None,
+    model_args: dict[str, Any] | None = None,
+) -> tuple[nn.Module, dict[str, Any]]:
+    """Rebuild a checkpoint's model on the CPU, in eval mode, with the dict describing it.
+
+    `model` (from --model) names the code to build; without it, a vizkit checkpoint's recorded model is used
+    under the trust rule. A bare state dict needs `model`; its normalisation is `mean`/`std`, else the
+    dataset's; `model_args` (with `model`) are NAME's keyword arguments. The dict's `norm_source` says
+    where the normalisation came from, for figure titles.
+    """
+    path = Path(path)
+    raw = _load(path)
+    if is_vizkit_checkpoint(raw):
+        _check_fields(raw, path)
+        ckpt = dict(raw)
+        ckpt["norm_source"] = "from the checkpoint"
+        spec = model or trusted_spec(ckpt, path)
+        state = ckpt["state_dict"]
+    else:
+        state = bare_state_dict(raw, path)
+        if not model:
+            raise VizkitError(
+                f"{path} is a bare state dict: it holds weights but not which code they belong to; "
+                "name it with --model PATH.py:NAME (your model's file and class)"
+            )
+        info = get_spec(dataset or "mnist")
+        spec = model
+        ckpt = {
+            "model": model,
+            "model_args": {},
+            "config": {},
+            "classes": list(info.classes),
+            "mean": list(info.mean),
+            "std": list(info.std),
+            "input_shape": [info.channels, info.size, info.size],
+            "dataset": info.name,
+            "norm_source": f"{info.name}'s, the default for a bare state dict",
+        }
+    if model_args:
+        if not model:
+            raise VizkitError("model arguments go with --model: name the code they are for")
+        ckpt["model_args"] = {**(ckpt.get("model_args") or {}), **model_args}
+    if mean is not None or std is not None:
+        channels = ckpt["input_shape"][0]
+        mean, std = list(mean or ckpt["mean"]), list(std or ckpt["std"])
+        if len(mean) != channels or len(std) != channels or any(s <= 0 for s in std):
+            raise VizkitError(f"--mean and --std need {channels} value(s) each (one per channel), std > 0")
+        ckpt.update(mean=mean, std=std, norm_source="from --mean/--std")
+    channels, size = ckpt["input_shape"][0], ckpt["input_shape"][-1]
+    # code the checkpoint named (not the person) must be an nn.Module class or a function of that very file
+    net = get_model(spec, channels, size, len(ckpt["classes"]), ckpt.get("model_args") or {}, own_only=not model)
+    load_weights(net, state, path, display_name(spec))
+    net.eval()
+    ckpt["model"] = spec
+    return net, ckpt
+
+
+def load_checkpoint(path: str | Path) -> tuple[nn.Module, dict[str, Any]]:
+    """Rebuild a vizkit checkpoint's model (the recorded one, under the trust rule) on the CPU, in eval mode."""
+    return open_checkpoint(path)
+
+
+def find_checkpoint(run: str | None = None, checkpoint: str | None = None, runs_root: str | Path = "runs") -> Path:
+    """The checkpoint to inspect: --checkpoint as given, a run directory's best.pth, or the newest run's."""
+    if checkpoint:
+        return Path(checkpoint)
+    if run:
+        run_dir = Path(run)
+        if not run_dir.is_dir():
+            raise VizkitError(f"run directory {run_dir} does not exist")
+        for name in ("best.pth", "last.pth"):
+            if (run_dir / name).is_file():
+                return run_dir / name
+        raise VizkitError(f"{run_dir} holds no best.pth or last.pth; train first (python -m vizkit.train)")
+    runs = [p for p in Path(runs_root).glob("*/best.pth")] if Path(runs_root).is_dir() else []
+    if not runs:
+        raise VizkitError(f"no trained run under {runs_root}/; train one (python -m vizkit.train) or give --checkpoint")
+    return max(runs, key=lambda p: p.stat().st_mtime)
+
+
+def normalisation_note(ckpt: dict[str, Any]) -> str:
+    """`mean 0.1307, std 0.3081 (from the checkpoint)`: which normalisation a figure was drawn with."""
+    fmt = lambda v: ", ".join(f"{x:.4g}" for x in v)  # noqa: E731
+    return f"normalised with mean {fmt(ckpt['mean'])}, std {fmt(ckpt['std'])} ({ckpt.get('norm_source', '')})"

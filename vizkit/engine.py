@@ -1,0 +1,336 @@
+"""vizkit's own training loop: epochs and steps, resume state, signals and DDP. It reports to a Run.
+
+train.py is its command line; a hand-written loop uses Run directly and needs none of this.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import logging
+import signal
+import threading
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torch.nn.parallel import DistributedDataParallel
+from tqdm import tqdm
+
+from vizkit import distributed
+from vizkit.checkpoint import load_weights
+from vizkit.config import TrainConfig
+from vizkit.data import Dataset, Split, batches, num_batches
+from vizkit.distributed import Dist
+from vizkit.errors import VizkitError
+from vizkit.hooks import modes_kept
+from vizkit.models import display_name, get_model, is_user_model
+from vizkit.run import Run
+
+log = logging.getLogger(__name__)
+
+FEATURE_BATCH = 4  # validation images whose feature maps are logged each epoch
+STATS_BATCH = 256  # validation images for the per-epoch activation statistics
+
+
+@dataclasses.dataclass
+class EpochResult:
+    loss: float
+    accuracy: float
+    seconds: float
+    images: int
+
+
+def pick_device(name: str) -> torch.device:
+    if name == "cuda" and not torch.cuda.is_available():
+        raise VizkitError("--device cuda was asked for but no CUDA device is available; use --device auto or cpu")
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(name)
+
+
+def memory_format(model: nn.Module, spec: str) -> torch.memory_format:
+    # NHWC: oneDNN's conv and max-pool kernels are faster in it (profile of recipe 001 on 2 cores: max-pool
+    # from 28% of a step to 11%, a step from 4.6 to 3.7 ms). Only for the zoo, whose models were measured:
+    # a user's model may flatten with .view(), which NHWC tensors refuse, and has not been measured.
+    has_conv = any(isinstance(m, nn.Conv2d) for m in model.modules())
+    return torch.channels_last if has_conv and not is_user_model(spec) else torch.contiguous_format
+
+
+def make_optimizer(cfg: TrainConfig, model: nn.Module) -> torch.optim.Optimizer:
+    params = model.parameters()
+    if cfg.optimizer == "sgd":
+        return torch.optim.SGD(params, lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
+    if cfg.optimizer == "adam":
+        return torch.optim.Adam(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+    return torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+
+
+def make_scheduler(
+    cfg: TrainConfig, optimizer: torch.optim.Optimizer, steps_per_epoch: int
+) -> tuple[torch.optim.lr_scheduler.LRScheduler | None, bool]:
+    """The scheduler, and whether it steps every batch (True) or every epoch (False)."""
+    if cfg.scheduler == "onecycle":
+        total = cfg.epochs * steps_per_epoch
+        return torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=cfg.lr, total_steps=total), True
+    if cfg.scheduler == "step":
+        return torch.optim.lr_scheduler.StepLR(optimizer, step_size=cfg.step_size, gamma=cfg.gamma), False
+    if cfg.scheduler == "cosine":
+        return torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=cfg.epochs), False
+    return None, False
+
+
+class Interrupted(Exception):
+    """SIGINT or SIGTERM arrived: the current epoch is abandoned."""
+
+    def __init__(self, signum: int) -> None:
+        super().__init__(signal.Signals(signum).name)
+        self.signum = signum
+
+
+class StopFlag:
+    """SIGINT and SIGTERM set it and the training loop checks it between steps, so no write is cut in half.
+
+    A second signal is not caught: it stops the process at once (the files are still whole, see files.py).
+    """
+
+    def __init__(self) -> None:
+        self.signum: int | None = None
+
+    def _handle(self, signum: int, _frame: object) -> None:
+        self.signum = signum
+        signal.signal(signum, signal.default_int_handler if signum == signal.SIGINT else signal.SIG_DFL)
+
+    @contextmanager
+    def installed(self) -> Iterator[StopFlag]:
+        if threading.current_thread() is not threading.main_thread():
+            yield self  # signal handlers can only be set from the main thread
+            return
+        previous = {s: signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM)}
+        try:
+            for s in previous:
+                signal.signal(s, self._handle)
+            yield self
+        finally:
+            for s, handler in previous.items():
+                signal.signal(s, handler)
+
+
+@dataclasses.dataclass
+class Loop:
+    """Everything one training epoch needs."""
+
+    cfg: TrainConfig
+    norm: tuple[tuple[float, ...], tuple[float, ...]]
+    model: nn.Module  # the model itself: hooks, checkpoints and evaluation use it
+    trainer: nn.Module  # what the training step calls: the model, or its DistributedDataParallel wrapper
+    optimizer: torch.optim.Optimizer
+    scheduler: torch.optim.lr_scheduler.LRScheduler | None
+    per_batch: bool
+    generator: torch.Generator
+    run: Run | None  # what the epoch is reported to (rank 0 only)
+    dist: Dist
+    stop: StopFlag
+    steps_per_epoch: int
+    run_dir: Path
+    layout: torch.memory_format
+
+
+def train_one_epoch(loop: Loop, split: Split, epoch: int, bar: tqdm) -> EpochResult:
+    cfg, d = loop.cfg, loop.dist
+    loop.trainer.train()
+    start = time.perf_counter()
+    device = split.labels.device
+    # Sums stay on the device and are read once per log interval: a .item() per step would sync every step.
+    loss_sum = torch.zeros((), device=device)
+    correct = torch.zeros((), device=device, dtype=torch.int64)
+    interval_loss = torch.zeros((), device=device)
+    bad_step = torch.zeros((), device=device, dtype=torch.int64)  # first step whose loss was NaN or inf
+    interval_n = 0
+    seen = 0
+    step = (epoch - 1) * loop.steps_per_epoch
+    layout = loop.layout
+    per_rank = max(1, cfg.batch_size // d.world)  # --batch-size is the global batch
+    for x, y in batches(
+        split, per_rank, *loop.norm, shuffle=True, generator=loop.generator, augment=cfg.augment,
+        memory_format=layout, shard=(d.rank, d.world),
+    ):  # fmt: skip
+        if distributed.any_rank(d, loop.stop.signum is not None, device):
+            raise Interrupted(loop.stop.signum or signal.SIGTERM)
+        logits = loop.trainer(x)
+        loss = F.cross_entropy(logits, y)
+        loop.optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        loop.optimizer.step()
+        if loop.scheduler is not None and loop.per_batch:
+            loop.scheduler.step()
+        step += 1
+        seen += len(y)
+        batch_loss = loss.detach()
+        loss_sum += batch_loss * len(y)
+        correct += (logits.detach().argmax(1) == y).sum()
+        interval_loss += batch_loss
+        bad_step = torch.where((bad_step == 0) & ~torch.isfinite(batch_loss), step, bad_step)
+        interval_n += 1
+        if step % cfg.log_every == 0:
+            check_finite(loop, bad_step, batch_loss, epoch)
+            mean_loss = (interval_loss / interval_n).item()
+            if loop.run is not None:
+                loop.run.scalars({"loss/train_step": mean_loss}, step)
+            bar.set_postfix(loss=f"{mean_loss:.4f}", acc=f"{100 * correct.item() / seen:.2f}%")
+            interval_loss.zero_()
+            interval_n = 0
+        bar.update(1)
+    check_finite(loop, bad_step, loss_sum, epoch)
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+    seconds = time.perf_counter() - start
+    totals = distributed.all_sum(
+        d, torch.stack([loss_sum.double(), correct.double(), torch.tensor(seen, device=device).double()])
+    )
+    return EpochResult(float(totals[0] / totals[2]), float(totals[1] / totals[2]), seconds, int(totals[2]))
+
+
+def check_finite(loop: Loop, bad_step: torch.Tensor, value: torch.Tensor, epoch: int) -> None:
+    """Stop on a NaN or infinite loss, naming the step and the learning rate; last.pth stays as it was."""
+    first_bad = int(bad_step.item())
+    if first_bad:
+        kind = "NaN" if torch.isnan(value).item() else "infinite"
+        lr = loop.optimizer.param_groups[0]["lr"]
+        kept = f"{loop.run_dir / 'last.pth'} keeps epoch {epoch - 1}" if epoch > 1 else "no epoch was finished"
+        raise VizkitError(
+            f"the loss became {kind} at step {first_bad} (epoch {epoch}, lr {lr:.3g}); training stopped and {kept}. "
+            "Lower --lr (or check the data) and train again"
+        )
+
+
+@torch.no_grad()
+def evaluate(
+    model: nn.Module,
+    split: Split,
+    batch_size: int,
+    norm: tuple[tuple[float, ...], tuple[float, ...]],
+    d: Dist = distributed.SINGLE,
+    layout: torch.memory_format = torch.contiguous_format,
+) -> tuple[float, float]:
+    """Mean cross-entropy and accuracy (a fraction) over a whole split, in eval mode; with several processes,
+    each takes a share and the sums are added, so the result equals a single-process evaluation."""
+    sums = torch.zeros(2, device=split.labels.device, dtype=torch.float64)  # loss, correct
+    with modes_kept(model):
+        for x, y in batches(split, batch_size, *norm, memory_format=layout, shard=(d.rank, d.world)):
+            logits = model(x)
+            sums[0] += F.cross_entropy(logits, y, reduction="sum")
+            sums[1] += (logits.argmax(1) == y).sum()
+    distributed.all_sum(d, sums)
+    return float(sums[0]) / len(split), float(sums[1]) / len(split)
+
+
+def resume_state(loop: Loop) -> dict[str, Any]:
+    """The training state last.pth keeps (beside the weights, history and best epoch that Run adds) so that
+    --resume continues exactly where the run stopped. The one place that writes it; restore() reads it."""
+    return {
+        "optimizer": loop.optimizer.state_dict(),
+        "scheduler": loop.scheduler.state_dict() if loop.scheduler is not None else None,
+        "rng": torch.get_rng_state(),
+        "cuda_rng": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
+        "generator": loop.generator.get_state(),
+    }
+
+
+def restore(loop: Loop, ckpt: dict[str, Any]) -> int:
+    """Put last.pth's weights and training state back; returns the epoch to continue from."""
+    state = ckpt["resume"]
+    load_weights(loop.model, ckpt["state_dict"], loop.run_dir / "last.pth", display_name(loop.cfg.model))
+    loop.optimizer.load_state_dict(state["optimizer"])
+    if loop.scheduler is not None:
+        loop.scheduler.load_state_dict(state["scheduler"])
+    torch.set_rng_state(state["rng"])
+    if state["cuda_rng"] and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda_rng"])
+    loop.generator.set_state(state["generator"])
+    return ckpt["epoch"] + 1
+
+
+def fit(
+    cfg: TrainConfig,
+    data: Dataset,
+    run_dir: Path,
+    device: torch.device,
+    *,
+    d: Dist = distributed.SINGLE,
+    stop: StopFlag | None = None,
+    resume: dict[str, Any] | None = None,
+) -> dict[str, Any] | None:
+    """Train, evaluate and export into run_dir (made by the caller, config.toml in it); returns the metrics
+    written to metrics.json (None on ranks other than 0). `resume` is a last.pth checkpoint to continue from."""
+    spec = data.spec
+    mean = tuple(cfg.mean) or spec.mean
+    std = tuple(cfg.std) or spec.std
+    norm = (mean, std)
+    torch.manual_seed(cfg.seed)
+    generator = torch.Generator().manual_seed(cfg.seed)
+    model = get_model(cfg.model, spec.channels, spec.size, len(spec.classes), cfg.model_args)
+    layout = memory_format(model, cfg.model)
+    model = model.to(device, memory_format=layout)
+    trainer = DistributedDataParallel(model) if d.enabled else model
+    train, val, test = data.train.to(device), data.val.to(device), data.test.to(device)
+    optimizer = make_optimizer(cfg, model)
+    steps_per_epoch = num_batches(train, max(1, cfg.batch_size // d.world), d.world)
+    scheduler, per_batch = make_scheduler(cfg, optimizer, steps_per_epoch)
+    feature_batch = next(batches(val, FEATURE_BATCH, *norm))[0]
+    stats_batch = next(batches(val, STATS_BATCH, *norm, memory_format=layout))[0]
+    loop = Loop(
+        cfg, norm, model, trainer, optimizer, scheduler, per_batch, generator, None, d, stop or StopFlag(),
+        steps_per_epoch, run_dir, layout,
+    )  # fmt: skip
+    start_epoch = restore(loop, resume) if resume is not None else 1
+    purge = (start_epoch - 1) * steps_per_epoch + 1 if resume is not None else None
+    if d.main:
+        loop.run = Run(
+            model, feature_batch, mean, std, run_dir=run_dir, classes=spec.classes, dataset=spec.name,
+            config=cfg.to_dict(), model_spec=cfg.model, model_args=cfg.model_args, log=cfg.log, epochs=cfg.epochs,
+            log_every=cfg.log_every, stats_sample=stats_batch, resume_step=purge, existing=True,
+        )  # fmt: skip
+    with loop.run if loop.run is not None else contextlib.nullcontext():
+        if loop.run is not None and resume is not None:
+            loop.run.restore(resume["resume"])
+        elif loop.run is not None:
+            print(loop.run.summary)
+            loop.run.samples(train.images[:20].cpu(), train.labels[:20].cpu())
+        for epoch in range(start_epoch, cfg.epochs + 1):
+            epoch_start = time.perf_counter()
+            lr = optimizer.param_groups[0]["lr"]
+            desc = f"epoch {epoch}/{cfg.epochs}"
+            with tqdm(
+                total=steps_per_epoch, desc=desc, unit="batch", leave=False, disable=None if d.main else True
+            ) as bar:
+                result = train_one_epoch(loop, train, epoch, bar)
+            if scheduler is not None and not per_batch:
+                scheduler.step()
+            val_loss, val_acc = evaluate(model, val, cfg.eval_batch_size, norm, d, layout)
+            if loop.run is None:
+                continue
+            loop.run.epoch(
+                epoch, train_loss=result.loss, train_accuracy=result.accuracy, val_loss=val_loss,
+                val_accuracy=val_acc, lr=lr, seconds=result.seconds, images_per_second=result.images / result.seconds,
+                started=epoch_start, resume=resume_state(loop),
+            )  # fmt: skip
+            print(
+                f"{desc}: train loss {result.loss:.4f} acc {100 * result.accuracy:.2f}% | "
+                f"val loss {val_loss:.4f} acc {100 * val_acc:.2f}% | "
+                f"{result.seconds:.1f} s, {result.images / result.seconds:.0f} img/s",
+                flush=True,
+            )
+        if loop.run is None:
+            return None
+        # The final numbers come from the best epoch's weights (by validation accuracy), on rank 0 alone,
+        # in one pass over the whole test set that also gives everything the analysis needs.
+        loop.run.load_best()
+        loop.run.evaluate(batches(test, cfg.eval_batch_size, *norm, memory_format=layout))
+        loop.run.note(processes=d.world)
+        return loop.run.finish()
