@@ -51,6 +51,7 @@ def test_missing_file_lists_recipes():
         ({"optimizer": "rmsprop"}, "optimizer"),
         ({"epochs": "3"}, "must be int"),
         ({"mean": [0.5], "std": []}, "same length"),
+        ({"val_size": 0}, "'val_size' must be at least 1"),
     ],
 )
 def test_bad_values(values, message):

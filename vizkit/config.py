@@ -168,9 +168,12 @@ def validate(cfg: TrainConfig, source: str = "config") -> TrainConfig:
             raise VizkitError(f"{source}: '{name}' must be at least 1, got {getattr(cfg, name)}")
     if not (cfg.lr > 0 and math.isfinite(cfg.lr)):
         raise VizkitError(f"{source}: 'lr' must be a positive number, got {cfg.lr}")
-    for name in ("limit_train", "val_size"):
-        if getattr(cfg, name) < 0:
-            raise VizkitError(f"{source}: '{name}' must be 0 or more, got {getattr(cfg, name)}")
+    if cfg.limit_train < 0:
+        raise VizkitError(f"{source}: 'limit_train' must be 0 or more, got {cfg.limit_train}")
+    if cfg.val_size < 1:  # the best epoch is chosen on validation: with none there is nothing to choose by
+        raise VizkitError(
+            f"{source}: 'val_size' must be at least 1 (validation picks the best epoch), got {cfg.val_size}"
+        )
     if cfg.weight_decay < 0 or cfg.momentum < 0:
         raise VizkitError(f"{source}: 'weight_decay' and 'momentum' must be 0 or more")
     if len(cfg.mean) != len(cfg.std) or any(s <= 0 for s in cfg.std):

@@ -145,6 +145,11 @@ def train_main(
 ) -> int:
     # before any model code is imported: a resumed run's code must pass the trust rule
     resume = load_resume(resume_dir, cfg, named_model) if resume_dir else None
+    if cfg.batch_size % d.world:
+        raise VizkitError(
+            f"--batch-size {cfg.batch_size} is the global batch and does not divide among {d.world} processes; "
+            f"use a multiple of {d.world}"
+        )
     spec = get_spec(cfg.dataset)
     # an unknown model, or one that does not fit the dataset, fails here, before any data is loaded
     get_model(cfg.model, spec.channels, spec.size, len(spec.classes), cfg.model_args)
