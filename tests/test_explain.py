@@ -91,3 +91,26 @@ def test_optimization_excites_its_channel(small_run):
         net(noise)
         random = acts["conv1"][range(16), range(16)].mean((1, 2))
     assert (made > random).float().mean() >= 0.9
+
+
+def test_attribution_leaves_a_training_model_exactly_as_found():
+    """In train mode, BatchNorm would use batch statistics (IG's path images normalising each other) and move
+    its running statistics; every method runs in eval mode and restores each module's own flag."""
+    from vizkit.export import Normalized
+    from vizkit.models import get_model
+
+    torch.manual_seed(0)
+    model = get_model("vizkit").train()
+    model.bn2.eval()  # frozen on purpose
+    net = Normalized(model, [0.1307], [0.3081])
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    x = torch.rand(1, 1, 28, 28)
+    maps = [saliency(net, x, 3), integrated_gradients(net, x, 3, 8), grad_cam(net, model, "conv3", x, 3)]
+    model.eval()
+    want = [saliency(net, x, 3), integrated_gradients(net, x, 3, 8), grad_cam(net, model, "conv3", x, 3)]
+    assert all(torch.allclose(a, b) for a, b in zip(maps, want, strict=True))
+    model.train()
+    model.bn2.eval()
+    assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
+    assert [m.training for m in model.modules()] == [m is not model.bn2 for m in model.modules()]
+    assert all(p.grad is None for p in model.parameters())

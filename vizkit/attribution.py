@@ -11,13 +11,15 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from vizkit.hooks import capture
+from vizkit.hooks import capture, modes_kept
 
 
 def saliency(net: nn.Module, x: torch.Tensor, target: int) -> torch.Tensor:
-    """|d logit[target] / d pixel|, the largest over colour channels (Simonyan et al. 2014)."""
+    """|d logit[target] / d pixel|, the largest over colour channels (Simonyan et al. 2014). Eval mode, so
+    BatchNorm uses its running statistics and moves none of them; each module's mode is restored after."""
     x = x.clone().requires_grad_(True)
-    (grad,) = torch.autograd.grad(net(x)[0, target], x)
+    with modes_kept(net):
+        (grad,) = torch.autograd.grad(net(x)[0, target], x)
     return grad.abs().amax(1)[0]
 
 
@@ -27,9 +29,11 @@ def integrated_gradients(net: nn.Module, x: torch.Tensor, target: int, steps: in
     Signed: positive pixels push towards `target`. The sum over pixels approximates logit(x) - logit(black).
     """
     baseline = torch.zeros_like(x)
-    alphas = (torch.arange(steps, dtype=x.dtype) + 0.5).div(steps).view(-1, 1, 1, 1)  # midpoint rule
+    # midpoint rule; on x's device. Eval mode: in train mode the path images would normalise each other
+    alphas = (torch.arange(steps, dtype=x.dtype, device=x.device) + 0.5).div(steps).view(-1, 1, 1, 1)
     path = (baseline + alphas * (x - baseline)).requires_grad_(True)
-    (grads,) = torch.autograd.grad(net(path)[:, target].sum(), path)
+    with modes_kept(net):
+        (grads,) = torch.autograd.grad(net(path)[:, target].sum(), path)
     return ((x - baseline) * grads.mean(0, keepdim=True)).sum(1)[0]
 
 
