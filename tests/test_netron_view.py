@@ -1,8 +1,11 @@
+import datetime
+import shutil
 import signal
 import socket
 import subprocess
 import sys
 import time
+import urllib.parse
 import urllib.request
 from pathlib import Path
 
@@ -79,3 +82,61 @@ def test_not_a_model(tmp_path, content, name, message, capsys):
 def test_checkpoint_is_exported_to_a_temporary_file(small_run, tmp_path):
     path = onnx_for(str(small_run / "best.pth"), tmp_path)
     assert path.parent == tmp_path and path.suffix == ".onnx"
+
+
+CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
+
+
+def chromium_page():
+    """Playwright driving Debian's Chromium (never a downloaded browser); skipped with the reason if absent."""
+    if not Path(CHROMIUM).exists():
+        pytest.skip("no Chromium installed (apt-get install chromium); .ci/run installs it")
+    sync_api = pytest.importorskip(
+        "playwright.sync_api", reason="playwright is not installed (pip install -e '.[dev]')"
+    )
+    return sync_api.sync_playwright()
+
+
+@pytest.mark.parametrize("days_ahead", [0, 400], ids=["today", "netron-older-than-180-days"])
+def test_netron_page_opens_on_the_graph_and_stays_offline(small_run, days_ahead):
+    """Stock Netron asks ipinfo.io, shows a cookie prompt, reports to Google Analytics, and past 180 days
+    loops on 'Please update'; vizkit's page does none of it, in a real browser."""
+    cmd = [sys.executable, "-m", "vizkit.netron_view", str(small_run), "--no-browser"]
+    proc = subprocess.Popen(cmd, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        url = wait_for_url(proc)
+        hosts = set()
+        with chromium_page() as p:
+            browser = p.chromium.launch(executable_path=CHROMIUM, args=["--no-sandbox"])
+            page = browser.new_page()
+            page.on("request", lambda r: hosts.add(urllib.parse.urlsplit(r.url).netloc))
+            if days_ahead:  # the browser's clock as it will be when the installed netron is this old
+                page.clock.set_system_time(datetime.datetime.now() + datetime.timedelta(days=days_ahead))
+            page.goto(url + "/")
+            page.wait_for_selector("#canvas .node", timeout=30_000)
+            nodes = page.locator("#canvas .node").count()
+            text = page.inner_text("body")
+            browser.close()
+        assert nodes >= 10  # Sub, Div, Conv, Relu, MaxPool, ... of the default model
+        assert "cookies" not in text and "newest version" not in text
+        assert hosts == {urllib.parse.urlsplit(url).netloc}, hosts  # nothing left 127.0.0.1
+    finally:
+        proc.kill()
+
+
+def test_netron_page_settings_and_headers(small_run):
+    from vizkit.netron_view import serve
+
+    httpd = serve(small_run / "model.onnx")
+    try:
+        host, port = httpd.server_address[:2]
+        with urllib.request.urlopen(f"http://{host}:{port}/", timeout=10) as response:
+            page = response.read().decode()
+            headers = response.headers
+        assert '<meta name="version" content="0.0.0">' in page and '<meta name="date"' not in page
+        assert "connect-src 'self'" in headers["Content-Security-Policy"]
+        assert headers["Set-Cookie"].startswith("consent=")
+        assert '<meta name="file" content="/data/model.onnx">' in page  # netron's own settings kept
+    finally:
+        httpd.shutdown()
+        httpd.server_close()

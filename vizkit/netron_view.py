@@ -1,4 +1,4 @@
-"""python -m vizkit.netron_view: the structure of a trained model in Netron, served on localhost.
+"""python -m vizkit.netron_view: the structure of a trained model in Netron, served on localhost, offline.
 
 python -m vizkit.netron_view runs/X/model.onnx
 python -m vizkit.netron_view runs/X              # the run's model.onnx
@@ -9,11 +9,13 @@ python -m vizkit.netron_view cnn.pth --model my_cnn.py:CNN   # your own state di
 from __future__ import annotations
 
 import argparse
-import logging
+import http.server
 import os
+import re
 import signal
 import sys
 import tempfile
+import threading
 import time
 import webbrowser
 import zipfile
@@ -62,17 +64,57 @@ def onnx_for(target: str, workdir: Path, args: argparse.Namespace | None = None)
     return path
 
 
-def serve(path: Path, host: str = "127.0.0.1", port: int = 0) -> tuple[str, int]:
-    """Start Netron's server for `path` in a daemon thread; returns the (host, port) it bound."""
-    import netron
+# Netron's page, as netron serves it, asks https://ipinfo.io whether to show a cookie prompt, then reports
+# to Google Analytics, and once its build date is 180 days old it loops on "Please update to the newest
+# version". Its own settings turn each off: telemetry runs only for a "packaged" version (not 0.0.0), the
+# prompt and the ipinfo call are skipped when a `consent` cookie exists, and the age comes from the page's
+# `date` meta. The Content-Security-Policy then lets the browser itself refuse anything not from this server.
+OFFLINE_CSP = (
+    "default-src 'self'; script-src 'self'; style-src 'self' 'unsafe-inline'; img-src 'self' data: blob:; "
+    "font-src 'self' data:; connect-src 'self'; worker-src 'self' blob:; frame-src 'none'; form-action 'none'"
+)
 
-    logging.getLogger("netron").setLevel(logging.WARNING)  # we print the URL ourselves
+
+def offline_page(html: str) -> str:
+    """Netron's index.html with its own settings made offline: version 0.0.0 (no telemetry), and no build
+    date, which the page then takes as "now" (so its age is 0 days whatever the clock says)."""
+    html = re.sub(r'<meta name="version" content="[^"]*">', '<meta name="version" content="0.0.0">', html)
+    return re.sub(r'<meta name="date" content="[^"]*">\n?', "", html)
+
+
+def offline_handler(path: Path) -> type:
+    """Netron's own request handler for `path`, with the page's settings and response headers made offline."""
+    from netron import server as netron_server
+
+    class Handler(netron_server._HTTPRequestHandler):
+        content = netron_server._ContentProvider(None, str(path), str(path), str(path))
+
+        def _write(self, status_code: int, content_type: str | None, content: bytes | None) -> None:
+            if content and content_type == "text/html":
+                content = offline_page(content.decode("utf-8")).encode("utf-8")
+            super()._write(status_code, content_type, content)
+
+        def end_headers(self) -> None:
+            self.send_header("Content-Security-Policy", OFFLINE_CSP)
+            # the consent Netron's page looks for, so it neither prompts nor asks ipinfo.io
+            self.send_header("Set-Cookie", f"consent={int(time.time() * 1000)}; Path=/; SameSite=Strict")
+            self.send_header("Cache-Control", "no-store")
+            super().end_headers()
+
+    return Handler
+
+
+def serve(path: Path, host: str = "127.0.0.1", port: int = 0) -> http.server.ThreadingHTTPServer:
+    """Serve Netron's page for `path`, offline (see OFFLINE_CSP), in a daemon thread; stop with .shutdown()."""
     try:
-        return netron.start(str(path), (host, port), browse=False)
+        httpd = http.server.ThreadingHTTPServer((host, port), offline_handler(path))
     except OSError as exc:
         raise VizkitError(
             f"cannot serve on {host}:{port} ({exc.strerror or exc}); choose another --port, or leave it out"
         ) from None
+    httpd.daemon_threads = True
+    threading.Thread(target=httpd.serve_forever, kwargs={"poll_interval": 0.2}, daemon=True).start()
+    return httpd
 
 
 def can_open_browser() -> bool:
@@ -101,11 +143,10 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
 
     def body() -> int:
-        import netron
-
         with tempfile.TemporaryDirectory(prefix="vizkit-netron-") as workdir:
             path = onnx_for(args.target, Path(workdir), args)
-            host, port = serve(path, args.host, args.port)
+            httpd = serve(path, args.host, args.port)
+            host, port = httpd.server_address[:2]
             url = f"http://{host}:{port}"
             print(f"Netron is serving {path} at {url} (the file itself: {url}/data/{path.name}); Ctrl-C stops it")
             sys.stdout.flush()
@@ -114,12 +155,13 @@ def main(argv: list[str] | None = None) -> int:
             # SIGTERM stops it the same way Ctrl-C does.
             signal.signal(signal.SIGTERM, signal.default_int_handler)
             try:
-                while netron.status((host, port)):
+                while True:
                     time.sleep(0.2)
             except KeyboardInterrupt:
                 pass
             finally:
-                netron.stop((host, port))
+                httpd.shutdown()
+                httpd.server_close()
             print("stopped")
         return 0
 
