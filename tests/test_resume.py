@@ -79,6 +79,21 @@ def test_signal_then_resume_equals_an_uninterrupted_run(uninterrupted, data_dir,
     assert steps == sorted(set(steps))  # the interrupted epoch's points were dropped, not doubled
 
 
+def test_ctrl_c_during_the_final_test_pass_and_export_exits_130_and_resumes(uninterrupted, data_dir, tmp_path):
+    run = tmp_path / "run"
+    proc = start(train_args(data_dir, run))
+    wait_for_line(proc, "epoch 3/3:")  # the last epoch is saved; the test pass and ONNX export come now
+    proc.send_signal(signal.SIGINT)
+    assert proc.wait(timeout=120) == 130
+    assert "Traceback" not in proc.stderr.read()
+    assert not (run / "metrics.json").exists()  # not marked finished
+    assert read_checkpoint(run / "last.pth")["epoch"] == 3
+    assert main(["--resume", str(run)]) == 0  # runs the final part again
+    metrics = json.loads((run / "metrics.json").read_text())
+    assert metrics["test_accuracy"] == json.loads((uninterrupted / "metrics.json").read_text())["test_accuracy"]
+    assert (run / "model.onnx").is_file() and [h["epoch"] for h in metrics["history"]] == [1, 2, 3]
+
+
 def test_sigkill_leaves_whole_files_and_resumes(data_dir, tmp_path):
     run = tmp_path / "run"
     proc = start(train_args(data_dir, run))

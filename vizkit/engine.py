@@ -102,6 +102,10 @@ class StopFlag:
     def __init__(self) -> None:
         self.signum: int | None = None
 
+    def raise_if_set(self) -> None:
+        if self.signum is not None:
+            raise Interrupted(self.signum)
+
     def _handle(self, signum: int, _frame: object) -> None:
         self.signum = signum
         signal.signal(signum, signal.default_int_handler if signum == signal.SIGINT else signal.SIG_DFL)
@@ -333,4 +337,6 @@ def fit(
         loop.run.load_best()
         loop.run.evaluate(batches(test, cfg.eval_batch_size, *norm, memory_format=layout))
         loop.run.note(processes=d.world)
-        return loop.run.finish()
+        # A signal during the test pass or the export: exit 130 before metrics.json marks the run finished;
+        # every file written so far is whole, and --resume runs this final part again.
+        return loop.run.finish(before_marking=loop.stop.raise_if_set)

@@ -22,7 +22,7 @@ import os
 import shutil
 import sys
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from datetime import datetime
 from pathlib import Path
 from typing import Any
@@ -358,8 +358,10 @@ class Run:
         """Extra entries for metrics.json (the runner records its number of processes)."""
         self.notes.update(values)
 
-    def finish(self) -> dict[str, Any]:
-        """model.onnx (checked against torch), hparams, curves.png and, last, metrics.json: the run is finished."""
+    def finish(self, before_marking: Callable[[], None] | None = None) -> dict[str, Any]:
+        """model.onnx (checked against torch), hparams, curves.png and, last, metrics.json: the run is finished.
+
+        `before_marking` is called just before metrics.json is written (the runner raises there on Ctrl-C)."""
         onnx_diff = self._export_onnx()
         best = {"best_epoch": self.best_epoch}
         if self.best_score > float("-inf") and any("val_accuracy" in h for h in self.history):
@@ -383,6 +385,8 @@ class Run:
             self.logger.hparams(hparams, results)
         if self.history:
             save_figure(curves_figure(self.history), self.dir / "curves.png")
+        if before_marking is not None:
+            before_marking()
         atomic_write_text(self.dir / "metrics.json", json.dumps(metrics, indent=2) + "\n")  # last: finished
         self.finished = metrics
         return metrics
