@@ -180,7 +180,7 @@ def test_help_shows_defaults():
 
 def test_recipe_001_reaches_the_tutorials_accuracy_after_one_epoch(data_dir, tmp_path):
     # The tutorial reports 96.35% after epoch 1 on 60,000 images; we train on 55,000 and keep 5,000 apart.
-    argv = ["--config", str(REPO / "experiments/001-net.toml"), "--epochs", "1", "--log", "off"]
+    argv = ["--config", str(REPO / "vizkit/recipes/001-net.toml"), "--epochs", "1", "--log", "off"]
     assert main(argv + ["--data-dir", str(data_dir), "--run-dir", str(tmp_path / "r")]) == 0
     assert json.loads((tmp_path / "r" / "metrics.json").read_text())["test_accuracy"] >= 0.955
 

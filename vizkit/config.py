@@ -21,12 +21,12 @@ OPTIMIZERS = ("sgd", "adam", "adamw")
 SCHEDULERS = ("none", "step", "onecycle", "cosine")
 DEVICES = ("auto", "cpu", "cuda")
 LOG_LEVELS = ("full", "scalars", "off")
-EXPERIMENTS_DIR = Path("experiments")
+RECIPES_DIR = Path(__file__).resolve().parent / "recipes"  # installed with the package: any directory works
 
 
 @dataclass
 class TrainConfig:
-    """One training run. The defaults are vizkit's default recipe (experiments/default.toml says the same)."""
+    """One training run. The defaults are vizkit's default recipe (recipes/default.toml says the same)."""
 
     model: str = "vizkit"  # a zoo name, PATH.py:NAME or package.module:NAME (see models.py)
     dataset: str = "mnist"
@@ -117,15 +117,15 @@ def from_dict(values: dict[str, Any], source: str = "config", base: TrainConfig 
 
 
 def resolve_config_path(name: str) -> Path:
-    """A path as given, or a recipe name from experiments/ (`001-net` -> experiments/001-net.toml)."""
+    """A path as given, or a recipe name (`001-net` -> vizkit/recipes/001-net.toml, inside the package)."""
     path = Path(name)
     if path.is_file():
         return path
-    candidate = EXPERIMENTS_DIR / (name if name.endswith(".toml") else f"{name}.toml")
-    if candidate.is_file():
+    candidate = RECIPES_DIR / (name if name.endswith(".toml") else f"{name}.toml")
+    if "/" not in name and candidate.is_file():
         return candidate
-    known = sorted(p.stem for p in EXPERIMENTS_DIR.glob("*.toml")) if EXPERIMENTS_DIR.is_dir() else []
-    hint = f"; recipes in {EXPERIMENTS_DIR}/: {', '.join(known)}" if known else ""
+    known = sorted(p.stem for p in RECIPES_DIR.glob("*.toml"))
+    hint = f"; recipes: {', '.join(known)}" if known else ""
     raise VizkitError(f"config file '{name}' not found{hint}")
 
 

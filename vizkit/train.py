@@ -35,7 +35,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="python -m vizkit.train",
         description="Train a CNN and log everything needed to see inside it to a run directory. "
-        "Settings come from the defaults (experiments/default.toml), then --config, then the flags below.",
+        "Settings come from the defaults (the recipe 'default'), then --config, then the flags below.",
         epilog="Validation: the last 5000 images of the official training set (--set val_size=N to change), "
         "never trained on; the test set is used once, for the final evaluation of the best epoch. "
         "View a run with: tensorboard --logdir runs --samples_per_plugin images=100",
@@ -47,7 +47,12 @@ def build_parser() -> argparse.ArgumentParser:
         text = f"{help} (default: {default!r})".replace("%", "%%")  # argparse %-formats help strings
         p.add_argument(name, default=None, help=text, **kw)
 
-    p.add_argument("--config", metavar="TOML", help="experiment file, or a recipe name in experiments/ (e.g. 001-net)")
+    p.add_argument(
+        "--config",
+        metavar="TOML",
+        help="experiment file, or a recipe name: "
+        + ", ".join(sorted(p.stem for p in cfgmod.RECIPES_DIR.glob("*.toml"))),
+    )
     flag(
         "--model",
         f"model: {', '.join(list_models())}, or your own as PATH.py:NAME or package.module:NAME "
