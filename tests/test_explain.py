@@ -7,6 +7,7 @@ import pytest
 import torch
 from photos import digit_photo
 from PIL import Image
+from torch import nn
 
 from vizkit.attribution import grad_cam, integrated_gradients, saliency
 from vizkit.checkpoint import load_checkpoint
@@ -114,3 +115,27 @@ def test_attribution_leaves_a_training_model_exactly_as_found():
     assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
     assert [m.training for m in model.modules()] == [m is not model.bn2 for m in model.modules()]
     assert all(p.grad is None for p in model.parameters())
+
+
+def test_grad_cam_known_answer_on_a_tiny_model():
+    """One 1x1 conv channel that copies the image, then logit 0 = +sum and logit 1 = -sum of it: the gradient
+    per channel is +-1/(HW), so Grad-CAM for class 0 is relu(x) / max, and for class 1 it is zero."""
+    conv = nn.Conv2d(1, 1, 1, bias=False)
+    head = nn.Linear(1, 2, bias=False)
+    with torch.no_grad():
+        conv.weight.fill_(1.0)
+        head.weight.copy_(torch.tensor([[1.0], [-1.0]]))
+
+    class Tiny(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.conv, self.head = conv, head
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return self.head(self.conv(x).mean(dim=(2, 3)))
+
+    model = Tiny()
+    x = torch.zeros(1, 1, 6, 6)
+    x[0, 0, 1:3, 2:5] = torch.tensor([[1.0, 2.0, 4.0], [0.5, 3.0, 1.0]])
+    assert torch.allclose(grad_cam(model, model, "conv", x, 0), x[0, 0] / 4.0)
+    assert torch.equal(grad_cam(model, model, "conv", x, 1), torch.zeros(6, 6))

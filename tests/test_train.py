@@ -47,7 +47,12 @@ def test_event_log_reads_back_with_tensorboard(small_run):
     assert len(ea.Images("features/conv1")) == 2
     assert "weights/conv1.weight" in tags["histograms"] and "grads/fc2.bias" in tags["histograms"]
     assert tags["graph"]
-    assert "hparams" in ea.PluginTagToContent("hparams") or ea.PluginTagToContent("hparams")
+    from tensorboard.plugins.hparams import plugin_data_pb2
+
+    content = ea.PluginTagToContent("hparams")
+    start = plugin_data_pb2.HParamsPluginData.FromString(content["_hparams_/session_start_info"]).session_start_info
+    assert start.hparams["model"].string_value == "vizkit" and start.hparams["lr"].number_value == 0.005
+    assert start.hparams["mean"].string_value == "[0.1307]"  # the normalisation used, not the config's []
     acc = ea.Scalars("accuracy/val")[-1].value
     assert 0.5 < acc <= 1.0
 
@@ -204,8 +209,17 @@ def test_evaluation_data_in_the_event_log(small_run):
     assert {"activations/relu1/mean", "activations/relu1/std", "activations/relu4/dead_fraction"} <= set(
         tags["scalars"]
     )
-    dead = ea.Scalars("activations/relu4/dead_fraction")[-1].value
-    assert 0.0 <= dead <= 1.0
+    # the logged statistics are those of the last epoch's model on the first 256 validation images
+    from vizkit.analysis import activation_stats
+    from vizkit.data import batches, load_dataset
+
+    model, ckpt = load_checkpoint(small_run / "last.pth")
+    val = load_dataset("mnist", ckpt["config"]["data_dir"], limit_train=1).val
+    stats = activation_stats(model, next(batches(val, 256, ckpt["mean"], ckpt["std"]))[0])
+    for layer in ("relu1", "relu4"):
+        for key in ("mean", "dead_fraction"):
+            logged = ea.Scalars(f"activations/{layer}/{key}")[-1].value
+            assert logged == pytest.approx(stats[layer][key], abs=1e-5), (layer, key)
     assert set(ea.PluginTagToContent("pr_curves")) == {f"pr/{k}" for k in range(10)}
     # tensorboardX files text under <tag>/text_summary
     assert {"model/summary/text_summary", "config/text_summary"} <= set(ea.PluginTagToContent("text"))
