@@ -409,3 +409,31 @@ def test_optimize_inputs_leaves_no_gradient_on_the_model():
     model = get_model("net").eval()
     optimize_inputs(Normalized(model, [0.1307], [0.3081]), model, "conv1", [1, 28, 28], steps=2)
     assert all(p.grad is None for p in model.parameters())
+
+
+def test_resume_and_torchrun_work_for_a_user_model(user_runs, data_dir, tmp_path):
+    """Ctrl-C after the first epoch, then --resume (in-process), and two torchrun processes, on tutorial 004's
+    model from its own file."""
+    model = f"{user_runs}/code/my_cnn.py:CNN"
+    args = ["--model", model, "--limit-train", "3000", "--epochs", "2", "--data-dir", str(data_dir), "--log", "scalars"]
+    run = tmp_path / "run"
+    proc = subprocess.Popen([sys.executable, "-u", "-m", "vizkit.train", *args, "--run-dir", str(run)], cwd=REPO,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)  # fmt: skip
+    try:
+        for line in proc.stdout:
+            if "epoch 1/2:" in line:
+                proc.send_signal(__import__("signal").SIGINT)
+                break
+        assert proc.wait(timeout=120) == 130
+    finally:
+        proc.kill()
+    assert read_checkpoint(run / "last.pth")["epoch"] == 1
+    assert train.main(["--resume", str(run)]) == 0
+    assert [h["epoch"] for h in json.loads((run / "metrics.json").read_text())["history"]] == [1, 2]
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", "-m", "vizkit.train"]
+    ddp = ["--model", model, "--limit-train", "2000", "--epochs", "1", "--batch-size", "64", "--set", "log=off",
+           "--data-dir", str(data_dir), "--run-dir", str(tmp_path / "ddp")]  # fmt: skip
+    done = subprocess.run(cmd + ddp, cwd=REPO, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    metrics = json.loads((tmp_path / "ddp" / "metrics.json").read_text())
+    assert metrics["processes"] == 2 and metrics["model"] == model and metrics["test_accuracy"] > 0.5
