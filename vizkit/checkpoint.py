@@ -34,7 +34,7 @@ import torch
 from torch import nn
 
 from vizkit.data import get_spec
-from vizkit.errors import VizkitError
+from vizkit.errors import VizkitError, first_line
 from vizkit.files import atomic_write
 from vizkit.models import display_name, get_model, is_user_model, locate_source, sha256_file
 
@@ -106,8 +106,9 @@ def _load(path: Path) -> Any:
             "use only checkpoints of weights (a state dict) or from vizkit.train"
         ) from None
     except (RuntimeError, EOFError, zipfile.BadZipFile, ValueError, OSError) as exc:
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise VizkitError(f"{path} is not a readable checkpoint (truncated or another format): {first[:160]}") from None
+        raise VizkitError(
+            f"{path} is not a readable checkpoint (truncated or another format): {first_line(exc, 160)}"
+        ) from None
 
 
 def read_checkpoint(path: str | Path) -> dict[str, Any]:

@@ -25,7 +25,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from vizkit.errors import VizkitError
+from vizkit.errors import VizkitError, first_line
 from vizkit.files import atomic_write_bytes
 
 log = logging.getLogger(__name__)
@@ -192,7 +192,7 @@ def _torchvision_download(dataset: str, data_dir: Path) -> str | None:
         getattr(datasets, dataset)(str(data_dir), train=True, download=True)
         return None
     except Exception as exc:  # no network is the common case; its errors come in many types
-        return (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+        return first_line(exc, 1000)
 
 
 def ensure_mnist(data_dir: Path) -> str:

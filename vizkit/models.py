@@ -22,7 +22,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from vizkit.errors import VizkitError
+from vizkit.errors import VizkitError, first_line
 
 ModelFactory = Callable[..., nn.Module]
 _REGISTRY: dict[str, ModelFactory] = {}
@@ -92,11 +92,6 @@ def sha256_file(path: Path) -> str:
     return hashlib.sha256(path.read_bytes()).hexdigest()
 
 
-def _first_line(exc: BaseException) -> str:
-    text = str(exc).strip()
-    return text.splitlines()[0] if text else type(exc).__name__
-
-
 def _import_user_module(where: str):  # noqa: ANN202
     """Import the module of a user spec: a file by its path (its folder importable while it loads) or a module."""
     if not where.endswith(".py"):
@@ -105,11 +100,11 @@ def _import_user_module(where: str):  # noqa: ANN202
         except ModuleNotFoundError as exc:
             if exc.name and where.startswith(exc.name):
                 raise VizkitError(f"no module named '{where}'; give a file as PATH.py:NAME, or install it") from None
-            raise VizkitError(f"importing {where} failed: {_first_line(exc)}; install what it imports") from None
+            raise VizkitError(f"importing {where} failed: {first_line(exc)}; install what it imports") from None
         except SystemExit:
             raise VizkitError(f"importing {where} exited (a script's top level ran)") from None
         except Exception as exc:
-            raise VizkitError(f"importing {where} raised {type(exc).__name__}: {_first_line(exc)}") from None
+            raise VizkitError(f"importing {where} raised {type(exc).__name__}: {first_line(exc)}") from None
     path = Path(where).resolve()
     if not path.is_file():
         raise VizkitError(f"model file {where} does not exist; give the path of your model's .py file")
@@ -126,7 +121,7 @@ def _import_user_module(where: str):  # noqa: ANN202
     except ImportError as exc:
         del sys.modules[module_name]
         raise VizkitError(
-            f"{where} could not import what it needs: {_first_line(exc)}; install it or fix the import"
+            f"{where} could not import what it needs: {first_line(exc)}; install it or fix the import"
         ) from None
     except SystemExit:  # a script's top level ran (argparse, sys.exit)
         del sys.modules[module_name]
@@ -136,7 +131,7 @@ def _import_user_module(where: str):  # noqa: ANN202
         ) from None
     except Exception as exc:  # the person's code raised while it was being imported
         del sys.modules[module_name]
-        raise VizkitError(f"{where} raised {type(exc).__name__} while being imported: {_first_line(exc)}") from None
+        raise VizkitError(f"{where} raised {type(exc).__name__} while being imported: {first_line(exc)}") from None
     finally:
         sys.path.remove(str(path.parent))
     return module
@@ -177,11 +172,11 @@ def _build_user_model(spec: str, dims: dict[str, int], model_args: dict[str, Any
         model = factory(**kwargs, **model_args)
     except TypeError as exc:
         raise VizkitError(
-            f"{where}:{name}(...) could not be called: {_first_line(exc)}; "
+            f"{where}:{name}(...) could not be called: {first_line(exc)}; "
             "give its arguments as --set model_args.KEY=VALUE (or a [model_args] table)"
         ) from None
     except Exception as exc:
-        raise VizkitError(f"{where}:{name}(...) raised {type(exc).__name__}: {_first_line(exc)}") from None
+        raise VizkitError(f"{where}:{name}(...) raised {type(exc).__name__}: {first_line(exc)}") from None
     if not isinstance(model, nn.Module):
         raise VizkitError(f"{where}:{name} returned a {type(model).__name__}, not a torch.nn.Module")
     return model
@@ -196,7 +191,7 @@ def _check_fits(model: nn.Module, name: str, in_channels: int, image_size: int, 
         with torch.no_grad():
             out = model(torch.zeros(2, in_channels, image_size, image_size))
     except Exception as exc:
-        raise VizkitError(f"model '{name}' does not take {shape} inputs: {_first_line(exc)}") from None
+        raise VizkitError(f"model '{name}' does not take {shape} inputs: {first_line(exc)}") from None
     finally:
         for m, training in modes.items():
             m.training = training

@@ -22,7 +22,7 @@ import zipfile
 from pathlib import Path
 
 from vizkit.cli import add_own_model_args, run_cli
-from vizkit.errors import VizkitError
+from vizkit.errors import VizkitError, first_line
 
 
 def onnx_for(target: str, workdir: Path, args: argparse.Namespace | None = None) -> Path:
@@ -51,8 +51,9 @@ def onnx_for(target: str, workdir: Path, args: argparse.Namespace | None = None)
         try:
             return export_onnx(model, ckpt["mean"], ckpt["std"], ckpt["input_shape"], workdir / f"{path.stem}.onnx")
         except Exception as exc:  # torch.export does not take every model (data-dependent control flow, ...)
-            first = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:200]
-            raise VizkitError(f"{path}: the model could not be exported to ONNX for Netron: {first}") from None
+            raise VizkitError(
+                f"{path}: the model could not be exported to ONNX for Netron: {first_line(exc)}"
+            ) from None
     if suffix != ".onnx":
         raise VizkitError(f"{path} is not a model vizkit can show; give a .onnx file, a .pth checkpoint or a run")
     import onnx

@@ -44,7 +44,7 @@ from vizkit.analysis import (
 from vizkit.checkpoint import SOURCE_DIR, model_fields, save_checkpoint
 from vizkit.config import dict_to_toml
 from vizkit.data import DATASETS
-from vizkit.errors import VizkitError
+from vizkit.errors import VizkitError, first_line
 from vizkit.export import check_onnx, export_onnx
 from vizkit.files import atomic_write_text
 from vizkit.hooks import modes_kept
@@ -403,7 +403,7 @@ class Run:
             path = export_onnx(model, self.mean, self.std, self.input_shape, self.dir / "model.onnx")
             diff = check_onnx(path, model, self.mean, self.std, pixels)
         except Exception as exc:  # the exporter does not take every model; the rest of the run still counts
-            log.warning("model.onnx could not be exported: %s", str(exc).strip().splitlines()[0][:200])
+            log.warning("model.onnx could not be exported: %s", first_line(exc))
             return None
         if diff > ONNX_TOLERANCE:
             log.warning("model.onnx differs from the torch model by %.2g (more than %g)", diff, ONNX_TOLERANCE)
