@@ -9,8 +9,3 @@ def first_line(exc: BaseException, limit: int = 200) -> str:
     """An exception's first line (its type if it has no text), for the one-line messages users get."""
     text = str(exc).strip()
     return (text.splitlines()[0] if text else type(exc).__name__)[:limit]
-
-
-def fail(message: str) -> None:
-    """Raise a VizkitError (shorthand for validation code)."""
-    raise VizkitError(message)
