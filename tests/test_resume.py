@@ -72,10 +72,10 @@ def test_signal_then_resume_equals_an_uninterrupted_run(uninterrupted, data_dir,
     metrics = json.loads((run / "metrics.json").read_text())
     assert [h["epoch"] for h in metrics["history"]] == [1, 2, 3]
     assert metrics["test_accuracy"] == json.loads((uninterrupted / "metrics.json").read_text())["test_accuracy"]
-    ea = EventAccumulator(str(run), size_guidance={"scalars": 0})
+    ea = EventAccumulator(str(run / "train"), size_guidance={"scalars": 0})
     ea.Reload()
-    assert [e.step for e in ea.Scalars("loss/train")] == [1, 2, 3]
-    steps = [e.step for e in ea.Scalars("loss/train_step")]
+    assert [e.step for e in ea.Scalars("Loss")] == [1, 2, 3]
+    steps = [e.step for e in ea.Scalars("Loss/step")]
     assert steps == sorted(set(steps))  # the interrupted epoch's points were dropped, not doubled
 
 

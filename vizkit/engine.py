@@ -185,7 +185,7 @@ def train_one_epoch(loop: Loop, split: Split, epoch: int, bar: tqdm) -> EpochRes
             check_finite(loop, bad_step, batch_loss, epoch)
             mean_loss = (interval_loss / interval_n).item()
             if loop.run is not None:
-                loop.run.scalars({"loss/train_step": mean_loss}, step)
+                loop.run.step_loss(mean_loss, step)
             bar.set_postfix(loss=f"{mean_loss:.4f}", acc=f"{100 * correct.item() / seen:.2f}%")
             interval_loss.zero_()
             interval_n = 0

@@ -1,8 +1,11 @@
 """What goes into a run's TensorboardX event log, under which tag, and when.
 
-Tags are grouped so TensorBoard's dashboard reads well: loss/*, accuracy/*, lr, speed/*, features/*,
+What a person sees first decides the layout. TensorBoard opens on Time Series, which groups tags by their
+first `/` part, sorts the groups (upper case before lower case) and expands only the first two. So the
+per-epoch `Loss` and `Accuracy` are written, as Keras does, under the same tag in two sub-runs, `train/`
+and `val/`: one chart each with both curves, and the first two groups. Then lr, speed/*, features/*,
 weights/*, grads/*, activations/*, samples/*, eval/*, per_class_accuracy/*, pr/*, hparam/*, and the
-embedding projector. Levels: "full" logs everything, "scalars" only numbers,
+embedding projector, in the run's own directory. Levels: "full" logs everything, "scalars" only numbers,
 "off" writes no event file at all.
 """
 
@@ -15,17 +18,23 @@ from pathlib import Path
 
 import torch
 from matplotlib.figure import Figure
+from tensorboard.plugins.hparams import api_pb2, metadata, plugin_data_pb2
 from tensorboardX import SummaryWriter
-from tensorboardX.summary import hparams as hparams_summary
+from tensorboardX.proto.summary_pb2 import Summary, SummaryMetadata
 from torch import nn
 
 from vizkit.analysis import Predictions
 from vizkit.hooks import modes_kept
-from vizkit.plots import feature_grid, samples_figure
+from vizkit.plots import samples_figure
+from vizkit.tiles import layer_image
 
 log = logging.getLogger(__name__)
 
 TENSORBOARD_IMAGES_PER_TAG = 10  # TensorBoard shows 10 images per tag unless --samples_per_plugin says more
+SPLITS = ("train", "val")  # sub-runs whose curves share a chart
+# HParams shows 5 columns at first, those whose values differ across runs first, then by name: these are
+# marked as differing so they are the 5 shown, even for a single run
+HPARAMS_SHOWN = ("model", "optimizer", "lr", "epochs", "batch_size")
 
 
 def image_epochs(epochs: int, limit: int = TENSORBOARD_IMAGES_PER_TAG) -> set[int]:
@@ -45,6 +54,8 @@ class RunLogger:
         epoch left at or after it, so resumed curves have no doubled segment."""
         self.level = level
         self.writer = SummaryWriter(logdir=str(run_dir), purge_step=purge_step) if level != "off" else None
+        self.run_dir, self.purge_step = Path(run_dir), purge_step
+        self.split_writers: dict[str, SummaryWriter] = {}  # made when first written to
         self.image_epochs = image_epochs(epochs) if epochs else None  # None: epochs unknown, every epoch
 
     @property
@@ -58,6 +69,9 @@ class RunLogger:
         self.close()
 
     def close(self) -> None:
+        for writer in self.split_writers.values():
+            writer.close()
+        self.split_writers = {}
         if self.writer is not None:
             self.writer.close()
             self.writer = None
@@ -66,6 +80,16 @@ class RunLogger:
         if self.writer is not None:
             for tag, value in values.items():
                 self.writer.add_scalar(tag, value, step)
+
+    def split_scalars(self, split: str, values: dict[str, float], step: int) -> None:
+        """Numbers of one split ("train" or "val") into its sub-run: tag `Loss` in train/ and in val/ is one
+        chart with two curves."""
+        if self.writer is None:
+            return
+        if split not in self.split_writers:
+            self.split_writers[split] = SummaryWriter(logdir=str(self.run_dir / split), purge_step=self.purge_step)
+        for tag, value in values.items():
+            self.split_writers[split].add_scalar(tag, value, step)
 
     def text(self, tag: str, markdown: str) -> None:
         if self.writer is not None:
@@ -99,10 +123,13 @@ class RunLogger:
         return self.full and (self.image_epochs is None or epoch in self.image_epochs)
 
     def feature_maps(self, maps: dict[str, torch.Tensor], epoch: int) -> None:
-        """Each layer's activations (N, C, H, W) for a fixed batch, one grid image per layer."""
+        """Each conv layer's output (N, C, H, W) for a fixed input (the first of the N): one picture per layer,
+        numbered tiles of at least 28 px on the layer's own viridis scale (tiles.layer_image)."""
         if self.wants_images(epoch):
             for name, activation in maps.items():
-                self.writer.add_image(f"features/{name}", feature_grid(activation), epoch)
+                _, c, h, w = activation.shape
+                title = f"{name}: {c} channels, {h}x{w}, before activation"
+                self.writer.add_image(f"features/{name}", layer_image(activation[0], title), epoch, dataformats="HWC")
 
     def histograms(self, model: nn.Module, epoch: int) -> None:  # reads parameters; runs nothing
         """Weights and (the last step's) gradients of every parameter."""
@@ -114,14 +141,37 @@ class RunLogger:
                 self.writer.add_histogram(f"grads/{name}", param.grad.detach().cpu(), epoch)
 
     def hparams(self, params: dict[str, object], metrics: dict[str, float]) -> None:
-        """hparams in this run's own event log (add_hparams would open a new subfolder per call)."""
+        """hparams in this run's own event log (add_hparams would open a new subfolder per call), with model,
+        optimizer, lr, epochs and batch size the columns HParams shows by default."""
         if self.writer is None:
             return
-        clean = {k: v if isinstance(v, (bool, int, float, str)) else str(v) for k, v in params.items()}
+        clean = {k: v if isinstance(v, (bool, int, float, str)) else str(v) for k, v in params.items() if v is not None}
         tagged = {f"hparam/{k}": v for k, v in metrics.items()}
+        kinds = {bool: api_pb2.DATA_TYPE_BOOL, str: api_pb2.DATA_TYPE_STRING}
+        experiment = api_pb2.Experiment(
+            hparam_infos=[
+                api_pb2.HParamInfo(
+                    name=k, type=kinds.get(type(v), api_pb2.DATA_TYPE_FLOAT64), differs=k in HPARAMS_SHOWN
+                )
+                for k, v in clean.items()
+            ],
+            metric_infos=[api_pb2.MetricInfo(name=api_pb2.MetricName(tag=t)) for t in tagged],
+        )
+        start = plugin_data_pb2.SessionStartInfo()
+        for k, v in clean.items():
+            field = "bool_value" if isinstance(v, bool) else "string_value" if isinstance(v, str) else "number_value"
+            setattr(start.hparams[k], field, v)
+        parts = {
+            metadata.EXPERIMENT_TAG: plugin_data_pb2.HParamsPluginData(experiment=experiment),
+            metadata.SESSION_START_INFO_TAG: plugin_data_pb2.HParamsPluginData(session_start_info=start),
+            metadata.SESSION_END_INFO_TAG: plugin_data_pb2.HParamsPluginData(
+                session_end_info=plugin_data_pb2.SessionEndInfo(status=api_pb2.STATUS_SUCCESS)
+            ),
+        }
         file_writer = self.writer._get_file_writer()
-        for summary in hparams_summary(clean, tagged):
-            file_writer.add_summary(summary)
+        for tag, data in parts.items():  # TensorBoard's own protos (tensorboardX's HParamInfo has no `differs`)
+            meta = SummaryMetadata.FromString(metadata.create_summary_metadata(data).SerializeToString())
+            file_writer.add_summary(Summary(value=[Summary.Value(tag=tag, metadata=meta)]))
         self.scalars(tagged, 0)
 
     def activations(self, stats: dict[str, dict[str, float]], epoch: int) -> None:

@@ -54,13 +54,15 @@ from vizkit.plots import confusion_figure, curves_figure, save_figure, top_losse
 
 log = logging.getLogger(__name__)
 
-FEATURE_IMAGES = 4  # images of the sample whose feature maps are logged
+FEATURE_IMAGES = 4  # images of the sample that trace the graph
 ONNX_TOLERANCE = 1e-4
-TAGS = {  # history key -> TensorBoard tag
-    "train_loss": "loss/train",
-    "val_loss": "loss/val",
-    "train_accuracy": "accuracy/train",
-    "val_accuracy": "accuracy/val",
+SPLIT_TAGS = {  # history key -> (sub-run, TensorBoard tag): train and val curves on one chart (logger.py)
+    "train_loss": ("train", "Loss"),
+    "val_loss": ("val", "Loss"),
+    "train_accuracy": ("train", "Accuracy"),
+    "val_accuracy": ("val", "Accuracy"),
+}
+TAGS = {  # history key -> TensorBoard tag in the run's own event log
     "lr": "lr",
     "images_per_second": "speed/images_per_second",
     "seconds": "speed/epoch_seconds",
@@ -241,8 +243,12 @@ class Run:
         self._epoch_loss = value if self._epoch_loss is None else self._epoch_loss + value  # no sync per step
         self._interval.append(value)
         if self._steps % self.log_every == 0:
-            self.logger.scalars({"loss/train_step": torch.stack(self._interval).mean().item()}, self._steps)
+            self.step_loss(torch.stack(self._interval).mean().item(), self._steps)
             self._interval = []
+
+    def step_loss(self, value: float, step: int) -> None:
+        """The training loss at a training step (a mean over the last steps): the `Loss/step` chart."""
+        self.logger.split_scalars("train", {"Loss/step": value}, step)
 
     def epoch(
         self,
@@ -292,8 +298,11 @@ class Run:
         }
         row = {"epoch": epoch, **{k: float(v) for k, v in given.items() if v is not None}}
         self.logger.scalars({TAGS[k]: v for k, v in row.items() if k in TAGS}, epoch)
+        for key, (split, tag) in SPLIT_TAGS.items():
+            if key in row:
+                self.logger.split_scalars(split, {tag: row[key]}, epoch)
         if self.convs and self.logger.wants_images(epoch):
-            self.logger.feature_maps(layer_outputs(self.model, self.convs, self.sample[:FEATURE_IMAGES]), epoch)
+            self.logger.feature_maps(layer_outputs(self.model, self.convs, self.sample[:1]), epoch)
         self.logger.histograms(self.model, epoch)
         if self.relus and self.logger.full:
             self.logger.activations(activation_stats(self.model, self.stats_sample), epoch)
