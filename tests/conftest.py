@@ -3,12 +3,24 @@
 from __future__ import annotations
 
 import os
+import shutil
 from pathlib import Path
 
 import pytest
 
 REPO = Path(__file__).resolve().parents[1]
 DATA_DIR = Path(os.environ.get("VIZKIT_TEST_DATA", REPO / "data"))
+CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
+
+
+def chromium_page():  # noqa: ANN201
+    """Playwright driving Debian's Chromium (never a downloaded browser); skipped with the reason if absent."""
+    if not Path(CHROMIUM).exists():
+        pytest.skip("no Chromium installed (apt-get install chromium); .ci/run installs it")
+    sync_api = pytest.importorskip(
+        "playwright.sync_api", reason="playwright is not installed (pip install -e '.[dev]')"
+    )
+    return sync_api.sync_playwright()
 
 
 @pytest.fixture(scope="session")

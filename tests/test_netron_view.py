@@ -1,5 +1,4 @@
 import datetime
-import shutil
 import signal
 import socket
 import subprocess
@@ -10,6 +9,7 @@ import urllib.request
 from pathlib import Path
 
 import pytest
+from conftest import CHROMIUM, chromium_page
 
 from vizkit.netron_view import main, onnx_for
 
@@ -82,19 +82,6 @@ def test_not_a_model(tmp_path, content, name, message, capsys):
 def test_checkpoint_is_exported_to_a_temporary_file(small_run, tmp_path):
     path = onnx_for(str(small_run / "best.pth"), tmp_path)
     assert path.parent == tmp_path and path.suffix == ".onnx"
-
-
-CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
-
-
-def chromium_page():
-    """Playwright driving Debian's Chromium (never a downloaded browser); skipped with the reason if absent."""
-    if not Path(CHROMIUM).exists():
-        pytest.skip("no Chromium installed (apt-get install chromium); .ci/run installs it")
-    sync_api = pytest.importorskip(
-        "playwright.sync_api", reason="playwright is not installed (pip install -e '.[dev]')"
-    )
-    return sync_api.sync_playwright()
 
 
 @pytest.mark.parametrize("days_ahead", [0, 400], ids=["today", "netron-older-than-180-days"])

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import warnings
 from pathlib import Path
+from typing import IO
 
 import numpy as np
 import torch
@@ -27,13 +28,19 @@ def load_image(path: str | Path) -> Image.Image:
     path = Path(path)
     if not path.is_file():
         raise VizkitError(f"image {path} does not exist")
+    return decode_image(path, str(path))
+
+
+def decode_image(source: str | Path | IO[bytes], name: str) -> Image.Image:
+    """Decode an image from a file or bytes (a photo dropped on vizkit's TensorBoard tab); `name` is what
+    the one-line error calls it."""
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("error", Image.DecompressionBombWarning)
-            with Image.open(path) as img:
+            with Image.open(source) as img:
                 if img.width * img.height > MAX_PIXELS:
                     raise VizkitError(
-                        f"{path} is {img.width} x {img.height} pixels, more than the {MAX_PIXELS:,} allowed; "
+                        f"{name} is {img.width} x {img.height} pixels, more than the {MAX_PIXELS:,} allowed; "
                         "crop or shrink the photo first"
                     )
                 img.load()
@@ -41,11 +48,11 @@ def load_image(path: str | Path) -> Image.Image:
     except VizkitError:
         raise
     except (Image.DecompressionBombError, Image.DecompressionBombWarning):
-        raise VizkitError(f"{path} is too large to decode safely; crop or shrink the photo first") from None
+        raise VizkitError(f"{name} is too large to decode safely; crop or shrink the photo first") from None
     except UnidentifiedImageError:
-        raise VizkitError(f"{path} is not an image PIL can read; give a PNG or JPEG") from None
+        raise VizkitError(f"{name} is not an image PIL can read; give a PNG or JPEG") from None
     except (OSError, SyntaxError, ValueError) as exc:
-        raise VizkitError(f"{path} could not be decoded ({exc}); it may be truncated or corrupt") from None
+        raise VizkitError(f"{name} could not be decoded ({exc}); it may be truncated or corrupt") from None
 
 
 def image_files(paths: list[str]) -> list[Path]:

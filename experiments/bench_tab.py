@@ -1,0 +1,168 @@
+"""Benchmark: vizkit's TensorBoard tab, server side. Writes experiments/results/tab-<date>-<device>.json.
+
+    python experiments/bench_tab.py               # about a minute on 2 cores
+    python experiments/bench_tab.py --smoke       # a few updates, to check the script still runs
+
+1. One update of the tab for the default model (`vizkit`), as the page asks for it: decode and prepare the
+   drawing (a 280 x 280 PNG, as the canvas sends it), the forward pass with every layer captured, Grad-CAM,
+   and the JSON-ready answer. Also a test image and a 1600 x 1200 photo. Median and 90th percentile over
+   --updates, after 5 warm-up updates. The target is at most 50 ms on 2 CPU cores.
+2. TensorBoard's start-up with vizkit installed against without it, side by side (interleaved, in fresh
+   processes): the seconds until the server answers /data/plugins_listing, and whether torch was imported.
+"""
+
+from __future__ import annotations
+
+import argparse
+import base64
+import io
+import json
+import os
+import platform
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from datetime import datetime
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+RESULTS = REPO / "experiments" / "results"
+TARGET_MS = 50.0
+
+START = r"""
+import sys, time, urllib.request
+t0 = time.perf_counter()
+from tensorboard import default, program
+plugins = [p for p in default.get_plugins() if {dynamic} or getattr(p, "plugin_name", None) != "vizkit"]
+tb = program.TensorBoard(plugins=plugins)
+tb.configure(argv=[None, "--logdir", {logdir!r}, "--host", "127.0.0.1", "--port", "0"])
+url = tb.launch()
+listing = urllib.request.urlopen(url + "data/plugins_listing").read()
+print(time.perf_counter() - t0, "torch" in sys.modules, b'"vizkit"' in listing)
+"""
+
+
+def drawing_png() -> str:
+    """A 7 drawn on the tab's black 280 x 280 canvas with an 18 px pen, as a data: URL."""
+    from PIL import Image, ImageDraw
+
+    img = Image.new("RGB", (280, 280), "black")
+    ImageDraw.Draw(img).line([(70, 60), (210, 60), (130, 230)], fill="white", width=18, joint="curve")
+    buf = io.BytesIO()
+    img.save(buf, format="PNG")
+    return "data:image/png;base64," + base64.b64encode(buf.getvalue()).decode()
+
+
+def photo_jpeg() -> str:
+    """A 1600 x 1200 'photo': dark ink on grey paper, as a data: URL."""
+    from PIL import Image, ImageDraw
+
+    img = Image.new("RGB", (1600, 1200), (200, 196, 190))
+    ImageDraw.Draw(img).line([(600, 300), (1000, 300), (760, 900)], fill=(30, 30, 40), width=60)
+    buf = io.BytesIO()
+    img.save(buf, format="JPEG", quality=90)
+    return "data:image/jpeg;base64," + base64.b64encode(buf.getvalue()).decode()
+
+
+def time_updates(data_dir: str, updates: int) -> dict:
+    import torch
+
+    from vizkit.checkpoint import save_checkpoint
+    from vizkit.models import get_model
+    from vizkit.tensorboard_plugin import live
+
+    torch.manual_seed(0)
+    model = get_model("vizkit", 1, 28, 10)
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / "best.pth"
+        save_checkpoint(path, model, model="vizkit", model_args={}, model_source=None, config={"data_dir": data_dir},
+                        classes=[str(i) for i in range(10)], mean=[0.1307], std=[0.3081], input_shape=[1, 28, 28],
+                        dataset="mnist", epoch=1, val_accuracy=None)  # fmt: skip
+        loaded = live.open_run(path)
+        requests = {
+            "draw": {"source": "draw", "image": drawing_png()},
+            "test": {"source": "test", "index": 0},
+            "photo": {"source": "photo", "image": photo_jpeg()},
+        }
+        results = {}
+        for name, request in requests.items():
+            for _ in range(5):  # warm-up: the first passes allocate; the test set is read once
+                live.update(loaded, request, None)
+            times = []
+            for _ in range(updates):
+                t0 = time.perf_counter()
+                answer = live.update(loaded, request, None)
+                times.append(1000 * (time.perf_counter() - t0))
+            times.sort()
+            results[name] = {
+                "median_ms": round(statistics.median(times), 2),
+                "p90_ms": round(times[int(0.9 * (len(times) - 1))], 2),
+                "layers": len(answer["layers"]),
+                "answer_kb": round(len(json.dumps(answer)) / 1024, 1),
+            }
+    return results
+
+
+def time_startup(repeats: int) -> dict:
+    with tempfile.TemporaryDirectory() as logdir:
+        Path(logdir, "run").mkdir()
+        Path(logdir, "run", "best.pth").write_bytes(b"")  # a run with a checkpoint: the tab is active
+        runs: dict[str, list] = {"without_vizkit": [], "with_vizkit": []}
+        for _ in range(repeats):  # interleaved, so a slow moment of the machine hits both
+            for name, dynamic in (("without_vizkit", False), ("with_vizkit", True)):
+                code = START.format(dynamic=dynamic, logdir=logdir)
+                out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+                if out.returncode != 0:
+                    raise SystemExit(f"tensorboard did not start: {out.stderr[-500:]}")
+                seconds, torch_imported, tab = out.stdout.split()
+                runs[name].append((float(seconds), torch_imported == "True", tab == "True"))
+    medians = {k: round(statistics.median(s for s, _, _ in v), 3) for k, v in runs.items()}
+    return {
+        "median_seconds": medians,
+        "ratio_with_over_without": round(medians["with_vizkit"] / medians["without_vizkit"], 3),
+        "torch_imported_at_start": any(t for _, t, _ in runs["with_vizkit"]),
+        "vizkit_tab_listed": all(tab for _, _, tab in runs["with_vizkit"]),
+    }
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--updates", type=int, default=100)
+    p.add_argument("--repeats", type=int, default=5, help="TensorBoard start-ups of each kind")
+    p.add_argument("--data-dir", default=str(REPO / "data"))
+    p.add_argument("--smoke", action="store_true", help="5 updates and 1 start-up each: does the script run?")
+    p.add_argument("--out", help="results file (default: experiments/results/tab-<date>-<device>.json)")
+    args = p.parse_args(argv)
+    if args.smoke:
+        args.updates, args.repeats = 5, 1
+    import torch
+
+    updates = time_updates(args.data_dir, args.updates)
+    startup = time_startup(args.repeats)
+    report = {
+        "date": datetime.now().isoformat(timespec="seconds"),
+        "machine": {"cores": os.cpu_count(), "torch_threads": torch.get_num_threads(), "torch": torch.__version__,
+                    "python": platform.python_version(), "processor": platform.processor() or platform.machine()},
+        "update": updates,
+        "update_target_ms": TARGET_MS,
+        "startup": startup,
+    }  # fmt: skip
+    out = Path(args.out) if args.out else RESULTS / f"tab-{datetime.now():%Y%m%d}-cpu{os.cpu_count()}.json"
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(report, indent=2) + "\n")
+    for name, r in updates.items():
+        verdict = "ok" if r["median_ms"] <= TARGET_MS else "OVER"
+        print(f"update ({name}): median {r['median_ms']} ms, p90 {r['p90_ms']} ms, {r['layers']} layers, "
+              f"{r['answer_kb']} KB  [target <= {TARGET_MS:g} ms: {verdict}]")  # fmt: skip
+    s = startup["median_seconds"]
+    ratio, torch_imported = startup["ratio_with_over_without"], startup["torch_imported_at_start"]
+    print(f"tensorboard start-up: {s['without_vizkit']} s without vizkit, {s['with_vizkit']} s with it "
+          f"(ratio {ratio}); torch imported: {torch_imported}")  # fmt: skip
+    print(f"results: {out}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

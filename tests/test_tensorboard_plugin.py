@@ -1,0 +1,228 @@
+"""vizkit's TensorBoard tab: a real `tensorboard` on 127.0.0.1, its routes, and the page in headless Chromium."""
+
+from __future__ import annotations
+
+import base64
+import io
+import json
+import re
+import shutil
+import subprocess
+import sys
+import time
+import urllib.parse
+import urllib.request
+from pathlib import Path
+
+import numpy as np
+import pytest
+from conftest import CHROMIUM, chromium_page
+from photos import digit_photo
+
+from vizkit.tensorboard_plugin.plugin import find_runs
+
+MARKER = "marker.txt"
+USER_MODEL = f'''
+import pathlib
+import torch.nn as nn
+pathlib.Path(__file__).with_name("{MARKER}").write_text("imported")  # proves the code ran
+
+class Net(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.fc = nn.Linear(784, 10)
+
+    def forward(self, x):
+        return self.fc(x.flatten(1))
+'''
+
+
+def write_events(folder: Path) -> None:
+    from tensorboardX import SummaryWriter
+
+    with SummaryWriter(str(folder)) as writer:
+        writer.add_scalar("Loss", 1.0, 1)
+
+
+def code_dir(logdir: Path) -> Path:
+    return logdir.with_name(logdir.name + "-code")
+
+
+@pytest.fixture(scope="module")
+def logdir(mnist_run: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A trained run (with train/ and val/ sub-runs), a run with no checkpoint yet, and a run whose model file
+    was edited after training (the trust rule refuses to import it)."""
+    import torch
+
+    from vizkit.checkpoint import model_fields, save_checkpoint
+
+    root = tmp_path_factory.mktemp("logs")
+    shutil.copytree(mnist_run, root / "mnist")
+    for split in ("train", "val"):
+        write_events(root / "mnist" / split)
+    write_events(root / "no-checkpoint")
+    code = code_dir(root) / "net.py"
+    code.parent.mkdir()
+    code.write_text(USER_MODEL)
+    (root / "edited").mkdir()
+    torch.manual_seed(0)
+    model = torch.nn.Module()
+    model.fc = torch.nn.Linear(784, 10)
+    save_checkpoint(root / "edited" / "best.pth", model, **model_fields(f"{code}:Net"), config={},
+                    classes=[str(i) for i in range(10)], mean=[0.0], std=[1.0], input_shape=[1, 28, 28],
+                    dataset="mnist", epoch=1, val_accuracy=0.5)  # fmt: skip
+    code.write_text(USER_MODEL + "\n# edited after training\n")
+    (code.parent / MARKER).unlink(missing_ok=True)
+    return root
+
+
+@pytest.fixture(scope="module")
+def tensorboard(logdir: Path, tmp_path_factory: pytest.TempPathFactory):  # noqa: ANN201
+    """`tensorboard --logdir` as a person runs it (from another directory), on a free port of 127.0.0.1."""
+    cmd = [sys.executable, "-m", "tensorboard.main", "--logdir", str(logdir), "--host", "127.0.0.1", "--port", "0"]
+    log = tmp_path_factory.mktemp("tb") / "stderr.txt"
+    with open(log, "w") as err:
+        proc = subprocess.Popen(cmd, cwd=tmp_path_factory.mktemp("cwd"), stdout=err, stderr=subprocess.STDOUT)
+    try:
+        deadline = time.monotonic() + 90
+        while time.monotonic() < deadline:
+            found = re.search(r"(http://127\.0\.0\.1:\d+/)", log.read_text())
+            if found:
+                break
+            assert proc.poll() is None, log.read_text()
+            time.sleep(0.2)
+        else:
+            pytest.fail("tensorboard did not start: " + log.read_text())
+        yield found.group(1), log
+    finally:
+        proc.terminate()
+        proc.wait(timeout=30)
+
+
+def api(base: str, route: str, body: dict | bytes | None = None) -> tuple[int, dict]:
+    url = base + "data/plugin/vizkit/" + route
+    data = body if isinstance(body, bytes) or body is None else json.dumps(body).encode()
+    request = urllib.request.Request(url, data=data, headers={"Content-Type": "application/json"})
+    try:
+        with urllib.request.urlopen(request, timeout=120) as response:
+            return response.status, json.loads(response.read())
+    except urllib.error.HTTPError as exc:
+        return exc.code, json.loads(exc.read())
+
+
+def test_runs_are_found_without_their_sub_runs(logdir):
+    assert sorted(find_runs(logdir)) == ["edited", "mnist", "no-checkpoint"]
+
+
+def test_tensorboard_starts_with_the_tab_and_without_torch():
+    code = ("import sys; from tensorboard import default; names = [getattr(p, 'plugin_name', '') for p in "
+            "default.get_plugins()]; print('vizkit' in names, 'torch' in sys.modules)")  # fmt: skip
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert out.stdout.split() == ["True", "False"], out.stderr
+
+
+def test_routes_answer_with_a_model_or_one_line_reason(tensorboard, logdir):
+    base, log = tensorboard
+    status, listing = api(base, "runs")
+    assert status == 200 and [r["run"] for r in listing["runs"]] == ["edited", "mnist", "no-checkpoint"]
+    assert [r["checkpoint"] for r in listing["runs"]] == [True, True, False]
+    _, model = api(base, "model?run=mnist")
+    assert model["ok"] and model["classes"] == [str(i) for i in range(10)] and model["mean"] == [0.1307]
+    assert len(bytes.fromhex(model["viridis"])) == 256 * 3
+    for run, words in (("no-checkpoint", "no best.pth or last.pth"), ("edited", "has changed since training"),
+                       ("../mnist", "no run named")):  # fmt: skip
+        _, answer = api(base, "model?" + urllib.parse.urlencode({"run": run}))
+        assert not answer["ok"] and words in answer["reason"] and "\n" not in answer["reason"], answer
+    assert not (code_dir(logdir) / MARKER).exists()  # refused before any of the edited code ran
+    _, answer = api(base, "update", {"run": "mnist", "source": "test", "index": 3})
+    assert answer["ok"] and answer["label"] == 0 and answer["prediction"] == 0  # MNIST's test image 3 is a 0
+    assert [layer["name"] for layer in answer["layers"]][:3] == ["conv1", "bn1", "relu1"]
+    assert answer["layers"][-1]["logits"] and answer["layers"][-1]["labels"] == model["classes"]
+    assert len(base64.b64decode(answer["layers"][0]["data"])) == 16 * 28 * 28  # conv1: 16 maps of 28 x 28
+    for body, words in (({"run": "mnist", "source": "test", "index": 10_000}, "out of range"),
+                        ({"run": "mnist", "source": "draw", "image": "data:image/png;base64,AAAA"}, "not an image"),
+                        ({"run": "mnist", "source": "sing"}, "unknown input source"),
+                        ({"run": "mnist", "source": "test", "target": 12}, "not one of")):  # fmt: skip
+        status, answer = api(base, "update", body)
+        assert status == 200 and not answer["ok"] and words in answer["reason"], answer
+    assert api(base, "update", b"{not json")[0] == 400
+    assert "Traceback" not in log.read_text()  # every failure above was an answer, not an exception
+
+
+def png_data_url(image) -> str:  # noqa: ANN001
+    buf = io.BytesIO()
+    image.save(buf, format="PNG")
+    return base64.b64encode(buf.getvalue()).decode()
+
+
+def test_the_tab_in_a_real_browser(tensorboard, data_dir):
+    """Draw a 7 stroke by stroke, pick a test image, drop a photo; every request stays on 127.0.0.1."""
+    from vizkit.data import load_test_split
+
+    base, log = tensorboard
+    hosts, updates = set(), []
+    test = load_test_split("mnist", data_dir)
+    photo = digit_photo(test.images[1, 0].numpy(), np.random.default_rng(0))  # test image 1 is a 2
+    with chromium_page() as p:
+        browser = p.chromium.launch(executable_path=CHROMIUM, args=["--no-sandbox"])
+        page = browser.new_page(viewport={"width": 1300, "height": 900})
+        page.on("request", lambda r: hosts.add(urllib.parse.urlsplit(r.url).netloc))
+        page.on("request", lambda r: updates.append(r.url) if r.url.endswith("/update") else None)
+        page.goto(base + "#vizkit")
+        page.wait_for_selector("iframe")
+        frame = page.frame_locator("iframe")
+        frame.locator("#run").select_option("mnist")
+        frame.locator("#prediction").filter(has_text="label").wait_for(timeout=60_000)  # test image 0 first
+
+        frame.locator("[data-source=draw]").click()
+        pad = frame.locator("#pad").bounding_box()
+        before = len(updates)
+        strokes = [[(60, 60), (210, 60)], [(210, 60), (120, 240)]]  # a 7: the bar, then the stem
+        for stroke in strokes:
+            page.mouse.move(pad["x"] + stroke[0][0], pad["y"] + stroke[0][1])
+            page.mouse.down()
+            for t in np.linspace(0, 1, 12)[1:]:
+                x = stroke[0][0] + t * (stroke[1][0] - stroke[0][0])
+                y = stroke[0][1] + t * (stroke[1][1] - stroke[0][1])
+                page.mouse.move(pad["x"] + x, pad["y"] + y)
+                page.wait_for_timeout(30)
+            page.mouse.up()
+        page.wait_for_timeout(1500)
+        assert len(updates) - before >= 3  # it answered while the strokes were drawn, not only at the end
+        assert frame.locator("#prediction").inner_text().startswith("7")
+        layers = frame.locator(".layer")
+        assert layers.count() == 15  # conv1 ... pool3, fc1, relu4, fc2 of the default model
+        assert "conv1 Conv2d · 16×28×28 · before activation" in layers.first.inner_text()
+        assert "logits" in layers.last.inner_text()
+        size = frame.locator(".layer > canvas").first.evaluate("c => [c.width, c.height]")
+        assert size[0] >= 8 * 36 and size[1] >= 36  # tiles of at least 36 px
+
+        frame.locator("[data-source=test]").click()
+        frame.locator("#index").fill("3")
+        frame.locator("#show").click()
+        frame.locator("#prediction").filter(has_text="label 0").wait_for(timeout=30_000)
+        assert frame.locator("#prediction").inner_text().startswith("0")
+
+        frame.locator("[data-source=photo]").click()
+        drop = frame.locator("#drop").element_handle()
+        transfer = drop.evaluate_handle(
+            """(zone, data) => {
+                const bytes = Uint8Array.from(atob(data), (c) => c.charCodeAt(0));
+                const t = new DataTransfer();
+                t.items.add(new File([bytes], 'two.png', {type: 'image/png'}));
+                return t;
+            }""",
+            png_data_url(photo),
+        )
+        drop.dispatch_event("drop", {"dataTransfer": transfer})
+        frame.locator("#drop").filter(has_text="two.png").wait_for(timeout=10_000)
+        page.wait_for_timeout(1500)
+        assert frame.locator("#prediction").inner_text().startswith("2")
+        assert frame.locator("#seen-size").inner_text() == "(28×28)"
+
+        frame.locator("#run").select_option("edited")
+        frame.locator("#status.error").wait_for(timeout=30_000)
+        assert "has changed since training" in frame.locator("#status").inner_text()
+        browser.close()
+    assert hosts == {urllib.parse.urlsplit(base).netloc}, hosts  # nothing but TensorBoard's own server
+    assert "Traceback" not in log.read_text()

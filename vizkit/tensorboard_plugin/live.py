@@ -1,0 +1,181 @@
+"""What the tab's requests compute: a run's model opened once, and one update for one input, ready as JSON.
+
+Imported on the tab's first request for a model, never at TensorBoard's start (it imports torch).
+"""
+
+from __future__ import annotations
+
+import base64
+import io
+import threading
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from vizkit.checkpoint import open_checkpoint
+from vizkit.errors import VizkitError
+from vizkit.probe import Probe, probe
+from vizkit.tiles import viridis
+
+MAX_BARS = 1024  # units drawn for a fully connected layer (the rest are summarised by the range)
+
+
+@dataclass
+class Loaded:
+    """A run's model as the tab uses it, with a lock: the tab's requests come on TensorBoard's threads, and
+    two passes at once would each see the other's hooks."""
+
+    model: nn.Module
+    ckpt: dict[str, Any]
+    checkpoint: Path
+    lock: threading.Lock
+
+
+def open_run(checkpoint: Path) -> Loaded:
+    """The run's model on the CPU in eval mode, under the inspection commands' trust rule (checkpoint.py):
+    recorded user code is imported only from its own file with its recorded sha256."""
+    model, ckpt = open_checkpoint(checkpoint)
+    return Loaded(model, ckpt, checkpoint, threading.Lock())
+
+
+def describe(loaded: Loaded) -> dict[str, Any]:
+    ckpt = loaded.ckpt
+    return {
+        "ok": True,
+        "checkpoint": loaded.checkpoint.name,
+        "epoch": ckpt.get("epoch"),
+        "model": str(ckpt.get("model", "")).rpartition(":")[2] or type(loaded.model).__name__,
+        "classes": list(ckpt["classes"]),
+        "input_shape": list(ckpt["input_shape"]),
+        "dataset": ckpt.get("dataset"),
+        "mean": list(ckpt["mean"]),
+        "std": list(ckpt["std"]),
+        "viridis": viridis().tobytes().hex(),  # the colour map of vizkit.features and the Images tab, from one table
+    }
+
+
+_test_sets: dict[tuple[str, str], Any] = {}
+
+
+def test_image(ckpt: dict[str, Any], index: int, logdir: Path | None) -> tuple[torch.Tensor, int]:
+    """Test image `index` of the dataset the model was trained on, as (1, C, H, W) pixels in [0, 1], and its label."""
+    from vizkit.data import load_test_split
+
+    dataset = ckpt.get("dataset")
+    if not dataset:
+        raise VizkitError(
+            "this model's inputs match no known dataset, so there are no test images; draw or drop a photo"
+        )
+    recorded = Path(ckpt.get("config", {}).get("data_dir") or "data")
+    # a relative data_dir is where training ran: the current directory, or beside the log directory
+    candidates = [recorded] if recorded.is_absolute() else [recorded, *([logdir.parent / recorded] if logdir else [])]
+    data_dir = next((d for d in candidates if d.is_dir()), candidates[0])
+    key = (dataset, str(data_dir.resolve()))
+    if key not in _test_sets:
+        _test_sets[key] = load_test_split(dataset, data_dir)
+    test = _test_sets[key]
+    if not 0 <= index < len(test):
+        raise VizkitError(
+            f"test image {index} is out of range: the {dataset} test set has {len(test)} images (0 to {len(test) - 1})"
+        )
+    return test.images[index : index + 1].float() / 255, int(test.labels[index])
+
+
+def image_input(data_url: str, input_shape: list[int]) -> tuple[torch.Tensor, np.ndarray]:
+    """A drawing or a photo (a data: URL) prepared as vizkit.predict prepares photos."""
+    from vizkit.preprocess import decode_image, prepare
+
+    _, _, payload = data_url.partition(",")
+    try:
+        raw = base64.b64decode(payload, validate=True)
+    except ValueError:
+        raise VizkitError("the image did not arrive whole (bad base64); draw or drop it again") from None
+    img = decode_image(io.BytesIO(raw), "the image")
+    return prepare(img, input_shape), np.asarray(img)
+
+
+def _bytes(values: np.ndarray) -> str:
+    return base64.b64encode(np.ascontiguousarray(values, dtype=np.uint8).tobytes()).decode("ascii")
+
+
+def _levels(values: torch.Tensor) -> tuple[np.ndarray, float, float]:
+    """Values -> 0..255 on their own range (one colour scale per layer), with that range."""
+    lo, hi = float(values.min()), float(values.max())
+    levels = ((values - lo) / max(hi - lo, 1e-12) * 255).round().clamp(0, 255).to(torch.uint8).numpy()
+    return levels, lo, hi
+
+
+def to_json(result: Probe, pixels: torch.Tensor, classes: list[str]) -> dict[str, Any]:
+    """The update as the page draws it: maps as bytes on each layer's own scale, units as numbers."""
+    c, h, w = pixels.shape[1:]
+    layers = []
+    for layer in result.layers:
+        entry: dict[str, Any] = {
+            "name": layer.name,
+            "kind": layer.kind,
+            "blocks": layer.blocks,
+            "stage": layer.stage,
+            "shape": list(layer.values.shape),
+            "logits": layer.logits,
+        }
+        if layer.values.dim() == 3:
+            levels, entry["min"], entry["max"] = _levels(layer.values)
+            entry["data"] = _bytes(levels)
+        else:
+            values = layer.values[:MAX_BARS]
+            entry["min"], entry["max"] = float(layer.values.min()), float(layer.values.max())
+            entry["values"] = [round(float(v), 5) for v in values]
+            if layer.logits and len(values) == len(classes):
+                entry["labels"] = list(classes)
+        layers.append(entry)
+    cam = None
+    if result.cam is not None:
+        cam = {"layer": result.cam_layer, "data": _bytes((result.cam.clamp(0, 1) * 255).round().numpy())}
+    return {
+        "ok": True,
+        "input": {
+            "channels": c,
+            "height": h,
+            "width": w,
+            "data": _bytes((pixels[0] * 255).round().clamp(0, 255).permute(1, 2, 0).numpy()),
+        },
+        "probs": [round(float(p), 6) for p in result.probs],
+        "prediction": result.prediction,
+        "target": result.target,
+        "classes": list(classes),
+        "cam": cam,
+        "layers": layers,
+    }
+
+
+def update(loaded: Loaded, request: dict[str, Any], logdir: Path | None) -> dict[str, Any]:
+    """One update of the tab: the input (drawn, a test image, or a photo), the model's pass, JSON out."""
+    started = time.perf_counter()
+    ckpt = loaded.ckpt
+    source = request.get("source")
+    label = None
+    if source == "test":
+        try:
+            index = int(request.get("index", 0))
+        except (TypeError, ValueError):
+            raise VizkitError("a test image is picked by its number (0, 1, 2, ...)") from None
+        pixels, label = test_image(ckpt, index, logdir)
+    elif source in ("draw", "photo"):
+        pixels, _ = image_input(str(request.get("image", "")), ckpt["input_shape"])
+    else:
+        raise VizkitError(f"unknown input source {source!r}: draw, test or photo")
+    target = request.get("target")
+    classes = list(ckpt["classes"])
+    if target is not None and not (isinstance(target, int) and 0 <= target < len(classes)):
+        raise VizkitError(f"class {target!r} is not one of this model's {len(classes)} classes")
+    with loaded.lock:
+        result = probe(loaded.model, ckpt["mean"], ckpt["std"], pixels, target)
+    answer = to_json(result, pixels, classes)
+    answer["label"] = label
+    answer["server_ms"] = round(1000 * (time.perf_counter() - started), 2)
+    return answer

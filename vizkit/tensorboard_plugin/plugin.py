@@ -1,0 +1,147 @@
+"""vizkit's tab in TensorBoard: draw a digit, pick a test image or drop a photo, and watch a run's model respond.
+
+TensorBoard imports this module at start-up (the `tensorboard_plugins` entry point), so it imports no torch:
+live.py does, on the tab's first request for a model. Each run's model is opened once, and again only when
+its checkpoint changes (a run still training gets a new best.pth each epoch). A run that cannot be opened
+(no checkpoint, code the trust rule refuses, weights that do not fit) answers with a one-line reason.
+Everything is served by TensorBoard's own server, from where it binds; the page fetches nothing else.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import threading
+from pathlib import Path
+from typing import Any
+
+from tensorboard.plugins import base_plugin
+from werkzeug import Request, Response
+
+log = logging.getLogger(__name__)
+
+PLUGIN_NAME = "vizkit"
+CHECKPOINTS = ("best.pth", "last.pth")  # the inspection commands' order: the best epoch first
+SPLITS = ("train", "val")  # a run's sub-runs for its curves (logger.py): part of the run, not runs of their own
+STATIC = Path(__file__).parent / "static"
+MAX_BODY = 25 * 1024 * 1024  # a phone photo, base64-encoded, with room to spare
+
+
+def find_runs(logdir: Path) -> dict[str, Path]:
+    """Every run under `logdir` (a folder with an event file or a checkpoint), by its name as TensorBoard
+    shows it, except the train/ and val/ sub-runs of a run."""
+    runs: dict[str, Path] = {}
+    for folder, dirs, files in os.walk(logdir):
+        dirs.sort()
+        here = Path(folder)
+        if any(f.startswith("events.out.tfevents.") for f in files) or any(c in files for c in CHECKPOINTS):
+            if here != logdir and here.name in SPLITS and str(here.parent.relative_to(logdir)) in runs:
+                continue
+            runs[str(here.relative_to(logdir))] = here
+    return runs
+
+
+def _json(value: Any, status: int = 200) -> Response:
+    return Response(
+        json.dumps(value), status=status, content_type="application/json", headers={"Cache-Control": "no-store"}
+    )
+
+
+class VizkitPlugin(base_plugin.TBPlugin):
+    plugin_name = PLUGIN_NAME
+
+    def __init__(self, context: base_plugin.TBContext) -> None:
+        self.logdir = Path(context.logdir).expanduser() if context.logdir else None
+        self._models: dict[Path, tuple[float, Any]] = {}  # checkpoint -> (its mtime, live.Loaded or a reason)
+        self._lock = threading.Lock()
+
+    def is_active(self) -> bool:
+        """Shown when the log directory holds a run with a checkpoint (a folder walk, no torch)."""
+        if self.logdir is None or not self.logdir.is_dir():
+            return False
+        return any(any((path / c).is_file() for c in CHECKPOINTS) for path in find_runs(self.logdir).values())
+
+    def frontend_metadata(self) -> base_plugin.FrontendMetadata:
+        return base_plugin.FrontendMetadata(es_module_path="/index.js", tab_name="vizkit")
+
+    def get_plugin_apps(self) -> dict[str, Any]:
+        return {"/index.js": self._index_js, "/runs": self._runs, "/model": self._model, "/update": self._update}
+
+    @Request.application
+    def _index_js(self, request: Request) -> Response:
+        return Response((STATIC / "index.js").read_bytes(), content_type="text/javascript")
+
+    @Request.application
+    def _runs(self, request: Request) -> Response:
+        runs = find_runs(self.logdir) if self.logdir and self.logdir.is_dir() else {}
+        listed = [
+            {"run": name, "checkpoint": any((path / c).is_file() for c in CHECKPOINTS)} for name, path in runs.items()
+        ]
+        return _json({"logdir": str(self.logdir or ""), "runs": listed})
+
+    def _open(self, run: str) -> Any:
+        """The run's live.Loaded, or a one-line reason (str) why it cannot be shown."""
+        runs = find_runs(self.logdir) if self.logdir and self.logdir.is_dir() else {}
+        if run not in runs:  # only runs under the log directory, so no path from the request is ever opened
+            return f"no run named '{run}' under {self.logdir}"
+        checkpoint = next((runs[run] / c for c in CHECKPOINTS if (runs[run] / c).is_file()), None)
+        if checkpoint is None:
+            return f"{run} has no best.pth or last.pth yet: it shows here after its first epoch"
+        mtime = checkpoint.stat().st_mtime
+        with self._lock:
+            cached = self._models.get(checkpoint)
+            if cached is None or cached[0] != mtime:
+                cached = (mtime, self._load(checkpoint))
+                self._models[checkpoint] = cached
+        return cached[1]
+
+    @staticmethod
+    def _load(checkpoint: Path) -> Any:
+        try:
+            from vizkit.tensorboard_plugin import live  # torch, on the first model asked for
+
+            return live.open_run(checkpoint)
+        except SystemExit as exc:
+            return str(exc) or "the model could not be opened"
+        except Exception as exc:  # one line in the tab, never a traceback in TensorBoard
+            from vizkit.errors import VizkitError, first_line
+
+            if not isinstance(exc, VizkitError):
+                log.warning("vizkit: %s could not be opened", checkpoint, exc_info=True)
+            return first_line(exc)
+
+    @Request.application
+    def _model(self, request: Request) -> Response:
+        loaded = self._open(request.args.get("run", ""))
+        if isinstance(loaded, str):
+            return _json({"ok": False, "reason": loaded})
+        from vizkit.tensorboard_plugin import live
+
+        return _json(live.describe(loaded))
+
+    @Request.application
+    def _update(self, request: Request) -> Response:
+        if request.method != "POST":
+            return _json({"ok": False, "reason": "POST a JSON body"}, 405)
+        if (request.content_length or 0) > MAX_BODY:
+            return _json({"ok": False, "reason": f"the image is over {MAX_BODY // 2**20} MB; shrink it first"}, 413)
+        try:
+            body = json.loads(request.get_data(cache=False) or b"{}")
+        except ValueError:
+            return _json({"ok": False, "reason": "the request was not JSON"}, 400)
+        if not isinstance(body, dict):
+            return _json({"ok": False, "reason": "the request was not a JSON object"}, 400)
+        loaded = self._open(str(body.get("run", "")))
+        if isinstance(loaded, str):
+            return _json({"ok": False, "reason": loaded})
+        from vizkit.errors import VizkitError, first_line
+        from vizkit.tensorboard_plugin import live
+
+        try:
+            return _json(live.update(loaded, body, self.logdir))
+        except VizkitError as exc:
+            return _json({"ok": False, "reason": first_line(exc)})
+        except Exception as exc:  # the person's model raised on this input: say so in the tab
+            log.warning("vizkit: an update of %s failed", loaded.checkpoint, exc_info=True)
+            return _json({"ok": False, "reason": f"the model raised {type(exc).__name__}: {first_line(exc)}"})

@@ -1,0 +1,474 @@
+// vizkit's tab in TensorBoard: draw a digit, pick a test image or drop a photo, and watch every layer of a
+// run's own model respond. TensorBoard loads this module in an iframe whose <base> is this plugin's route,
+// so './runs' is /data/plugin/vizkit/runs on the same server: nothing is fetched from anywhere else.
+
+const STYLE = `
+  body { font: 14px/1.4 Roboto, system-ui, sans-serif; margin: 0; color: #212121; background: #fafafa; }
+  header { display: flex; gap: 12px; align-items: center; padding: 10px 16px; background: #fff;
+           border-bottom: 1px solid #e0e0e0; position: sticky; top: 0; z-index: 1; flex-wrap: wrap; }
+  header h1 { font-size: 16px; margin: 0 8px 0 0; }
+  #status { color: #555; }
+  #status.error { color: #b71c1c; font-weight: 500; }
+  main { display: flex; gap: 16px; padding: 16px; flex-wrap: wrap; align-items: flex-start; }
+  .panel { background: #fff; border: 1px solid #e0e0e0; border-radius: 6px; padding: 12px; }
+  .panel h2 { font-size: 14px; margin: 0 0 8px; }
+  .tabs { display: flex; gap: 4px; margin-bottom: 8px; }
+  .tabs button.active { background: #f57c00; color: #fff; border-color: #f57c00; }
+  button, select, input { font: inherit; }
+  button { padding: 4px 10px; border: 1px solid #bdbdbd; border-radius: 4px; background: #fff; cursor: pointer; }
+  #pad { background: #000; touch-action: none; cursor: crosshair; border-radius: 4px; display: block; }
+  .row { display: flex; gap: 8px; align-items: center; margin-top: 8px; flex-wrap: wrap; }
+  #drop { width: 280px; height: 150px; border: 2px dashed #9e9e9e; border-radius: 6px; display: flex;
+          align-items: center; justify-content: center; text-align: center; color: #616161; }
+  #drop.over { border-color: #f57c00; background: #fff3e0; }
+  canvas.pixels { image-rendering: pixelated; border: 1px solid #e0e0e0; }
+  #prediction { font-size: 40px; font-weight: 500; line-height: 1; }
+  #prediction small { font-size: 16px; color: #555; font-weight: 400; }
+  .probs { display: grid; grid-template-columns: auto 160px auto; gap: 2px 8px; align-items: center; margin-top: 8px; }
+  .probs .bar { height: 12px; background: #90caf9; }
+  .probs .bar.best { background: #f57c00; }
+  .probs .pct { font-variant-numeric: tabular-nums; color: #555; font-size: 12px; }
+  #layers { padding: 0 16px 24px; }
+  .layer { background: #fff; border: 1px solid #e0e0e0; border-radius: 6px; padding: 10px 12px; margin-bottom: 12px; }
+  .layer h3 { font-size: 14px; margin: 0 0 6px; font-weight: 500; }
+  .layer h3 .meta { color: #616161; font-weight: 400; }
+  .scale { display: flex; align-items: center; gap: 6px; font-size: 12px; color: #555; margin-bottom: 6px; }
+  .hint { color: #757575; font-size: 12px; }
+`;
+
+const state = {run: null, model: null, lut: null, source: 'test', index: 0, photo: null, target: null,
+               busy: false, again: false, strokes: [], penWidth: 18};
+
+export async function render() {
+  const style = document.createElement('style');
+  style.textContent = STYLE;
+  document.head.appendChild(style);
+  document.body.innerHTML = `
+    <header>
+      <h1>vizkit</h1>
+      <label>Run <select id="run"></select></label>
+      <span id="status">Looking for runs…</span>
+    </header>
+    <main>
+      <section class="panel" id="input-panel">
+        <div class="tabs" role="tablist">
+          <button data-source="draw">Draw</button>
+          <button data-source="test">Test image</button>
+          <button data-source="photo">Photo</button>
+        </div>
+        <div data-pane="draw">
+          <canvas id="pad" width="280" height="280" aria-label="draw a digit here"></canvas>
+          <div class="row">
+            <button id="clear">Clear</button><button id="undo">Undo</button>
+            <label>Pen <input id="pen" type="range" min="6" max="40" value="18"></label>
+          </div>
+          <div class="hint">Draw with the mouse or a finger; the model answers as you draw.</div>
+        </div>
+        <div data-pane="test" hidden>
+          <div class="row">
+            <label>Test image <input id="index" type="number" min="0" value="0" style="width: 7em"></label>
+            <button id="show">Show</button><button id="random">Random</button>
+          </div>
+          <div class="hint" id="test-range"></div>
+        </div>
+        <div data-pane="photo" hidden>
+          <div id="drop">Drop a photo of a digit here<br>or <input id="file" type="file" accept="image/*"></div>
+          <div class="hint">Prepared as <code>vizkit.predict</code> prepares photos: light ink on black, 20 px, centred.</div>
+        </div>
+        <h2 style="margin-top: 12px">What the model saw <span class="hint" id="seen-size"></span></h2>
+        <canvas id="seen" class="pixels" width="140" height="140"></canvas>
+      </section>
+      <section class="panel" id="result-panel" style="min-width: 300px">
+        <h2>Prediction</h2>
+        <div id="prediction">–</div>
+        <div class="probs" id="probs"></div>
+        <h2 style="margin-top: 12px">Grad-CAM <span class="hint" id="cam-layer"></span></h2>
+        <label class="hint">for <select id="target"><option value="">the predicted class</option></select></label>
+        <div><canvas id="cam" class="pixels" width="140" height="140"></canvas></div>
+        <div class="hint" id="timing"></div>
+      </section>
+    </main>
+    <section id="layers"></section>`;
+  wireInputs();
+  const listing = await getJSON('./runs');
+  const select = byId('run');
+  for (const {run, checkpoint} of listing.runs) {
+    const option = new Option(checkpoint ? run : `${run} (no checkpoint)`, run);
+    select.appendChild(option);
+  }
+  if (!listing.runs.length) {
+    return setStatus(`No runs under ${listing.logdir}: train one with python -m vizkit.train`, true);
+  }
+  const withCheckpoint = listing.runs.filter((r) => r.checkpoint);
+  select.value = (withCheckpoint.length ? withCheckpoint : listing.runs).at(-1).run;  // the newest run
+  select.addEventListener('change', () => openRun(select.value));
+  await openRun(select.value);
+}
+
+function byId(id) { return document.getElementById(id); }
+
+async function getJSON(url, body) {
+  const init = body === undefined ? {} : {method: 'POST', headers: {'Content-Type': 'application/json'},
+                                          body: JSON.stringify(body)};
+  const response = await fetch(url, init);
+  try {
+    return await response.json();
+  } catch (e) {
+    return {ok: false, reason: `the server answered ${response.status} ${response.statusText}`};
+  }
+}
+
+function setStatus(text, error = false) {
+  const status = byId('status');
+  status.textContent = text;
+  status.classList.toggle('error', error);
+}
+
+async function openRun(run) {
+  state.run = run;
+  state.model = null;
+  byId('layers').replaceChildren();
+  setStatus(`Opening ${run}…`);
+  const model = await getJSON('./model?' + new URLSearchParams({run}));
+  if (state.run !== run) return;
+  if (!model.ok) return setStatus(model.reason, true);
+  state.model = model;
+  state.lut = hexTable(model.viridis);
+  const target = byId('target');
+  target.replaceChildren(new Option('the predicted class', ''));
+  model.classes.forEach((name, k) => target.appendChild(new Option(`class ${name}`, String(k))));
+  state.target = null;
+  const epoch = model.epoch ? `, epoch ${model.epoch}` : '';
+  setStatus(`${model.model} from ${run}/${model.checkpoint}${epoch}; ${model.input_shape.join('×')} inputs, ` +
+            `normalised with mean ${model.mean.join(', ')}, std ${model.std.join(', ')}`);
+  byId('test-range').textContent = model.dataset ? `${model.dataset} test set` : 'no test set known for this model';
+  if (state.source === 'test' && !model.dataset) state.source = 'draw';
+  selectSource(state.source);
+  schedule();
+}
+
+function hexTable(hex) {
+  const table = new Uint8Array(hex.length / 2);
+  for (let i = 0; i < table.length; i++) table[i] = parseInt(hex.substr(2 * i, 2), 16);
+  return table;  // 256 x RGB
+}
+
+// --- inputs ---------------------------------------------------------------------------------------------
+
+function wireInputs() {
+  for (const button of document.querySelectorAll('.tabs button')) {
+    button.addEventListener('click', () => { selectSource(button.dataset.source); schedule(); });
+  }
+  const pad = byId('pad');
+  const ctx = pad.getContext('2d');
+  clearPad(ctx);
+  let stroke = null;
+  const point = (e) => {
+    const box = pad.getBoundingClientRect();
+    return [(e.clientX - box.left) * pad.width / box.width, (e.clientY - box.top) * pad.height / box.height];
+  };
+  pad.addEventListener('pointerdown', (e) => {
+    pad.setPointerCapture(e.pointerId);
+    stroke = {width: state.penWidth, points: [point(e)]};
+    state.strokes.push(stroke);
+    state.source = 'draw';
+    drawStrokes(ctx);
+    schedule();
+  });
+  pad.addEventListener('pointermove', (e) => {
+    if (!stroke) return;
+    stroke.points.push(point(e));
+    drawStrokes(ctx);
+    schedule();  // the model answers while the person draws; at most one request is in flight
+  });
+  const end = () => { if (stroke) { stroke = null; schedule(); } };
+  pad.addEventListener('pointerup', end);
+  pad.addEventListener('pointercancel', end);
+  byId('clear').addEventListener('click', () => { state.strokes = []; drawStrokes(ctx); schedule(); });
+  byId('undo').addEventListener('click', () => { state.strokes.pop(); drawStrokes(ctx); schedule(); });
+  byId('pen').addEventListener('input', (e) => { state.penWidth = Number(e.target.value); });
+  byId('show').addEventListener('click', () => { state.index = Number(byId('index').value) || 0; schedule(); });
+  byId('index').addEventListener('change', () => { state.index = Number(byId('index').value) || 0; schedule(); });
+  byId('random').addEventListener('click', () => {
+    state.index = Math.floor(Math.random() * 10000);
+    byId('index').value = state.index;
+    schedule();
+  });
+  const drop = byId('drop');
+  drop.addEventListener('dragover', (e) => { e.preventDefault(); drop.classList.add('over'); });
+  drop.addEventListener('dragleave', () => drop.classList.remove('over'));
+  drop.addEventListener('drop', (e) => {
+    e.preventDefault();
+    drop.classList.remove('over');
+    if (e.dataTransfer.files.length) readPhoto(e.dataTransfer.files[0]);
+  });
+  byId('file').addEventListener('change', (e) => { if (e.target.files.length) readPhoto(e.target.files[0]); });
+  byId('target').addEventListener('change', (e) => {
+    state.target = e.target.value === '' ? null : Number(e.target.value);
+    schedule();
+  });
+}
+
+function selectSource(source) {
+  state.source = source;
+  for (const button of document.querySelectorAll('.tabs button')) {
+    button.classList.toggle('active', button.dataset.source === source);
+  }
+  for (const pane of document.querySelectorAll('[data-pane]')) pane.hidden = pane.dataset.pane !== source;
+}
+
+function clearPad(ctx) {
+  ctx.fillStyle = '#000';
+  ctx.fillRect(0, 0, ctx.canvas.width, ctx.canvas.height);
+}
+
+function drawStrokes(ctx) {
+  clearPad(ctx);
+  ctx.strokeStyle = ctx.fillStyle = '#fff';
+  ctx.lineCap = ctx.lineJoin = 'round';
+  for (const {width, points} of state.strokes) {
+    ctx.lineWidth = width;
+    ctx.beginPath();
+    ctx.moveTo(...points[0]);
+    if (points.length === 1) {
+      ctx.arc(points[0][0], points[0][1], width / 2, 0, 2 * Math.PI);
+      ctx.fill();
+      continue;
+    }
+    for (const p of points.slice(1)) ctx.lineTo(...p);
+    ctx.stroke();
+  }
+}
+
+function readPhoto(file) {
+  const reader = new FileReader();
+  reader.onload = () => {
+    state.photo = reader.result;
+    state.source = 'photo';
+    byId('drop').firstChild.textContent = `${file.name} `;
+    schedule();
+  };
+  reader.readAsDataURL(file);
+}
+
+function request() {
+  const body = {run: state.run, source: state.source, target: state.target};
+  if (state.source === 'test') body.index = state.index;
+  if (state.source === 'draw') {
+    if (!state.strokes.length) return null;
+    body.image = byId('pad').toDataURL('image/png');
+  }
+  if (state.source === 'photo') {
+    if (!state.photo) return null;
+    body.image = state.photo;
+  }
+  return body;
+}
+
+// One request in flight at a time; whatever changed meanwhile is sent as soon as it answers.
+async function schedule() {
+  if (!state.model) return;
+  if (state.busy) { state.again = true; return; }
+  const body = request();
+  if (!body) {
+    byId('prediction').textContent = '–';
+    byId('layers').replaceChildren();
+    return setStatusHint(state.source === 'draw' ? 'Draw a digit on the black square.' : 'Drop a photo.');
+  }
+  state.busy = true;
+  const started = performance.now();
+  let answer;
+  try {
+    answer = await getJSON('./update', body);
+  } catch (e) {
+    answer = {ok: false, reason: `the server did not answer (${e.message})`};
+  }
+  state.busy = false;
+  if (body.run === state.run) show(answer, performance.now() - started);
+  if (state.again) { state.again = false; schedule(); }
+}
+
+function setStatusHint(text) { byId('timing').textContent = text; }
+
+// --- what the model made of it --------------------------------------------------------------------------
+
+function show(answer, roundTrip) {
+  if (!answer.ok) {
+    setStatus(answer.reason, true);
+    return;
+  }
+  if (byId('status').classList.contains('error')) openRunStatus();
+  const {classes, probs, prediction} = answer;
+  const label = answer.label === null || answer.label === undefined ? '' : ` <small>label ${classes[answer.label]}</small>`;
+  byId('prediction').innerHTML = `${escape(classes[prediction])} <small>${(100 * probs[prediction]).toFixed(1)}%</small>${label}`;
+  const rows = [];
+  probs.forEach((p, k) => {
+    rows.push(`<span>${escape(classes[k])}</span><div class="bar${k === prediction ? ' best' : ''}" ` +
+              `style="width: ${Math.max(1, 160 * p)}px"></div><span class="pct">${(100 * p).toFixed(1)}%</span>`);
+  });
+  byId('probs').innerHTML = rows.join('');
+  drawInput(byId('seen'), answer.input);
+  byId('seen-size').textContent = `(${answer.input.width}×${answer.input.height})`;
+  drawCam(byId('cam'), answer.input, answer.cam);
+  byId('cam-layer').textContent = answer.cam ? `on ${answer.cam.layer}, for class ${classes[answer.target]}` :
+                                               '(this model has no conv layer)';
+  byId('timing').textContent = `update: ${answer.server_ms.toFixed(1)} ms on the server, ` +
+                               `${roundTrip.toFixed(0)} ms round trip`;
+  drawLayers(answer.layers);
+}
+
+function openRunStatus() {
+  const m = state.model;
+  setStatus(`${m.model} from ${state.run}/${m.checkpoint}; ${m.input_shape.join('×')} inputs`);
+}
+
+function escape(text) {
+  return String(text).replace(/[&<>"]/g, (c) => ({'&': '&amp;', '<': '&lt;', '>': '&gt;', '"': '&quot;'}[c]));
+}
+
+function bytes(base64) {
+  const raw = atob(base64);
+  const out = new Uint8Array(raw.length);
+  for (let i = 0; i < raw.length; i++) out[i] = raw.charCodeAt(i);
+  return out;
+}
+
+function drawInput(canvas, input) {
+  const data = bytes(input.data);  // H x W x C
+  const image = new ImageData(input.width, input.height);
+  for (let i = 0; i < input.width * input.height; i++) {
+    for (let k = 0; k < 3; k++) image.data[4 * i + k] = data[i * input.channels + (input.channels === 3 ? k : 0)];
+    image.data[4 * i + 3] = 255;
+  }
+  blit(canvas, image, 0, 0, canvas.width, canvas.height, true);
+}
+
+function jet(v) {  // v in [0, 1] -> [r, g, b], the colour map explain's figure uses for Grad-CAM
+  const c = (x) => Math.round(255 * Math.min(1, Math.max(0, x)));
+  return [c(1.5 - Math.abs(4 * v - 3)), c(1.5 - Math.abs(4 * v - 2)), c(1.5 - Math.abs(4 * v - 1))];
+}
+
+function drawCam(canvas, input, cam) {
+  drawInput(canvas, input);
+  if (!cam) return;
+  const heat = bytes(cam.data);
+  const image = new ImageData(input.width, input.height);
+  for (let i = 0; i < heat.length; i++) {
+    const [r, g, b] = jet(heat[i] / 255);
+    image.data.set([r, g, b, 128], 4 * i);  // half transparent over the input
+  }
+  blit(canvas, image, 0, 0, canvas.width, canvas.height, false);
+}
+
+// Draw an ImageData scaled into a canvas with no smoothing: each pixel stays a sharp square.
+function blit(canvas, image, x, y, w, h, replace) {
+  const scratch = document.createElement('canvas');
+  scratch.width = image.width;
+  scratch.height = image.height;
+  scratch.getContext('2d').putImageData(image, 0, 0);
+  const ctx = canvas.getContext('2d');
+  ctx.imageSmoothingEnabled = false;
+  if (replace) ctx.clearRect(x, y, w, h);
+  ctx.drawImage(scratch, x, y, w, h);
+}
+
+const GAP = 4, LABEL = 12;
+
+function drawLayers(layers) {
+  const box = byId('layers');
+  const width = Math.max(320, box.clientWidth - 32);
+  const cards = layers.map((layer) => {
+    let card = box.querySelector(`[data-layer="${CSS.escape(layer.name)}"]`);
+    if (!card) {
+      card = document.createElement('div');
+      card.className = 'layer';
+      card.dataset.layer = layer.name;
+      card.innerHTML = '<h3></h3><div class="scale"></div><canvas></canvas>';
+    }
+    const blocks = layer.blocks.length ? ` = output of ${layer.blocks.join(', ')}` : '';
+    const what = layer.logits ? 'logits, one bar per class' : layer.stage;
+    card.querySelector('h3').innerHTML = `${escape(layer.name)} <span class="meta">${escape(layer.kind)}` +
+      `${escape(blocks)} · ${layer.shape.join('×')} · ${escape(what)}</span>`;
+    if (layer.data) drawMaps(card, layer, width);
+    else drawBars(card, layer, width);
+    return card;
+  });
+  box.replaceChildren(...cards);
+}
+
+function scaleBar(card, layer) {
+  const bar = document.createElement('canvas');
+  bar.width = 160;
+  bar.height = 10;
+  const image = new ImageData(160, 1);
+  for (let i = 0; i < 160; i++) {
+    const v = Math.round(i / 159 * 255);
+    image.data.set([state.lut[3 * v], state.lut[3 * v + 1], state.lut[3 * v + 2], 255], 4 * i);
+  }
+  blit(bar, image, 0, 0, 160, 10, true);
+  const fmt = (v) => Math.abs(v) >= 100 || (Math.abs(v) < 0.01 && v !== 0) ? v.toExponential(1) : v.toFixed(2);
+  const scale = card.querySelector('.scale');
+  scale.replaceChildren(`one colour scale for the layer: ${fmt(layer.min)}`, bar, fmt(layer.max));
+}
+
+function drawMaps(card, layer, width) {
+  const [channels, h, w] = layer.shape;
+  const zoom = Math.max(1, Math.ceil(36 / Math.min(h, w)));  // at least 36 px a tile
+  const tw = w * zoom, th = h * zoom;
+  const cols = Math.max(1, Math.min(channels, Math.floor((width + GAP) / (tw + GAP))));
+  const rows = Math.ceil(channels / cols);
+  const canvas = card.querySelector('canvas');
+  canvas.width = cols * (tw + GAP);
+  canvas.height = rows * (th + LABEL + GAP);
+  const ctx = canvas.getContext('2d');
+  ctx.clearRect(0, 0, canvas.width, canvas.height);
+  ctx.font = '10px sans-serif';
+  ctx.fillStyle = '#555';
+  const data = bytes(layer.data);
+  const lut = state.lut;
+  for (let c = 0; c < channels; c++) {
+    const image = new ImageData(w, h);
+    for (let i = 0; i < h * w; i++) {
+      const v = data[c * h * w + i];
+      image.data[4 * i] = lut[3 * v];
+      image.data[4 * i + 1] = lut[3 * v + 1];
+      image.data[4 * i + 2] = lut[3 * v + 2];
+      image.data[4 * i + 3] = 255;
+    }
+    const x = (c % cols) * (tw + GAP), y = Math.floor(c / cols) * (th + LABEL + GAP);
+    ctx.fillText(String(c), x, y + 10);
+    blit(canvas, image, x, y + LABEL, tw, th, false);
+  }
+  scaleBar(card, layer);
+}
+
+function drawBars(card, layer, width) {
+  const values = layer.values;
+  const labelled = Boolean(layer.labels);
+  const step = Math.max(2, Math.min(labelled ? 40 : 14, Math.floor(width / values.length)));
+  const canvas = card.querySelector('canvas');
+  canvas.width = Math.max(200, values.length * step);
+  canvas.height = labelled ? 130 : 110;
+  const ctx = canvas.getContext('2d');
+  ctx.clearRect(0, 0, canvas.width, canvas.height);
+  const lo = Math.min(0, layer.min), hi = Math.max(0, layer.max);
+  const plot = 90, zero = 4 + plot * hi / ((hi - lo) || 1);
+  ctx.strokeStyle = '#9e9e9e';
+  ctx.beginPath(); ctx.moveTo(0, zero); ctx.lineTo(canvas.width, zero); ctx.stroke();
+  const best = labelled ? values.indexOf(Math.max(...values)) : -1;
+  values.forEach((v, i) => {
+    const top = 4 + plot * (hi - Math.max(v, 0)) / ((hi - lo) || 1);
+    const bottom = 4 + plot * (hi - Math.min(v, 0)) / ((hi - lo) || 1);
+    ctx.fillStyle = i === best ? '#f57c00' : v >= 0 ? '#1f77b4' : '#d62728';
+    ctx.fillRect(i * step + 1, top, Math.max(1, step - 2), Math.max(1, bottom - top));
+    if (labelled) {
+      ctx.fillStyle = '#212121';
+      ctx.font = '11px sans-serif';
+      ctx.fillText(layer.labels[i].slice(0, 6), i * step + 2, 4 + plot + 16);
+    }
+  });
+  const scale = card.querySelector('.scale');
+  const shown = layer.shape[0] > values.length ? ` (first ${values.length} of ${layer.shape[0]} units)` : '';
+  scale.textContent = `${labelled ? 'logit' : 'value'} per ${labelled ? 'class' : 'unit'}: ` +
+                      `from ${layer.min.toFixed(3)} to ${layer.max.toFixed(3)}; blue ≥ 0, red < 0${shown}`;
+}
