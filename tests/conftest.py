@@ -3,7 +3,13 @@
 from __future__ import annotations
 
 import os
+import re
 import shutil
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
@@ -21,6 +27,26 @@ def chromium_page():  # noqa: ANN201
         "playwright.sync_api", reason="playwright is not installed (pip install -e '.[dev]')"
     )
     return sync_api.sync_playwright()
+
+
+@contextmanager
+def tensorboard_server(logdir: Path, workdir: Path) -> Iterator[tuple[str, Path]]:
+    """`tensorboard --logdir` as a person runs it (from another directory), on a free port of 127.0.0.1:
+    yields its URL and the file its output goes to."""
+    cmd = [sys.executable, "-m", "tensorboard.main", "--logdir", str(logdir), "--host", "127.0.0.1", "--port", "0"]
+    log = workdir / "tensorboard.txt"
+    with open(log, "w") as out:
+        proc = subprocess.Popen(cmd, cwd=workdir, stdout=out, stderr=subprocess.STDOUT)
+    try:
+        deadline = time.monotonic() + 90
+        while not (found := re.search(r"(http://127\.0\.0\.1:\d+/)", log.read_text())):
+            if proc.poll() is not None or time.monotonic() > deadline:
+                pytest.fail("tensorboard did not start: " + log.read_text())
+            time.sleep(0.2)
+        yield found.group(1), log
+    finally:
+        proc.terminate()
+        proc.wait(timeout=30)
 
 
 @pytest.fixture(scope="session")

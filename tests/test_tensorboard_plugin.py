@@ -5,18 +5,16 @@ from __future__ import annotations
 import base64
 import io
 import json
-import re
 import shutil
 import subprocess
 import sys
-import time
 import urllib.parse
 import urllib.request
 from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import CHROMIUM, chromium_page
+from conftest import CHROMIUM, chromium_page, tensorboard_server
 from photos import digit_photo
 
 from vizkit.tensorboard_plugin.plugin import find_runs
@@ -78,25 +76,8 @@ def logdir(mnist_run: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 @pytest.fixture(scope="module")
 def tensorboard(logdir: Path, tmp_path_factory: pytest.TempPathFactory):  # noqa: ANN201
-    """`tensorboard --logdir` as a person runs it (from another directory), on a free port of 127.0.0.1."""
-    cmd = [sys.executable, "-m", "tensorboard.main", "--logdir", str(logdir), "--host", "127.0.0.1", "--port", "0"]
-    log = tmp_path_factory.mktemp("tb") / "stderr.txt"
-    with open(log, "w") as err:
-        proc = subprocess.Popen(cmd, cwd=tmp_path_factory.mktemp("cwd"), stdout=err, stderr=subprocess.STDOUT)
-    try:
-        deadline = time.monotonic() + 90
-        while time.monotonic() < deadline:
-            found = re.search(r"(http://127\.0\.0\.1:\d+/)", log.read_text())
-            if found:
-                break
-            assert proc.poll() is None, log.read_text()
-            time.sleep(0.2)
-        else:
-            pytest.fail("tensorboard did not start: " + log.read_text())
-        yield found.group(1), log
-    finally:
-        proc.terminate()
-        proc.wait(timeout=30)
+    with tensorboard_server(logdir, tmp_path_factory.mktemp("tb")) as server:
+        yield server
 
 
 def api(base: str, route: str, body: dict | bytes | None = None) -> tuple[int, dict]:
