@@ -66,3 +66,40 @@ def test_a_chosen_class_and_a_model_without_conv():
     result = probe(mlp, [0.0], [1.0], torch.rand(1, 1, 2, 2), target=0)
     assert result.target == 0 and result.cam is None and result.cam_layer is None
     assert [layer.name for layer in result.layers] == ["1", "2", "3"] and result.layers[-1].logits
+
+
+class Reused(nn.Module):
+    """One in-place ReLU and one pool, each used twice (as tutorial 001 uses `self.pool`)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(1, 1, 1)
+        self.relu = nn.ReLU(inplace=True)
+        self.pool = nn.MaxPool2d(2)
+        self.fc = nn.Linear(1, 2)
+        with torch.no_grad():
+            self.conv.weight.fill_(1.0)
+            self.conv.bias.fill_(-0.5)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.pool(self.relu(self.conv(x)))
+        return self.fc(self.pool(self.relu(x)).flatten(1))
+
+
+def test_in_place_activations_and_layers_called_twice():
+    pixels = torch.tensor([[[[0.0, 0.0, 1.0, 0.0], [0.0, 0.0, 0.0, 0.0], [0.0, 0.0, 0.0, 0.0], [0.0, 0.0, 0.0, 1.0]]]])
+    result = probe(Reused(), [0.0], [1.0], pixels)
+    names = [layer.name for layer in result.layers]
+    assert names == ["conv", "relu (call 1)", "pool (call 1)", "relu (call 2)", "pool (call 2)", "fc"]
+    conv = result.layers[0].values
+    assert conv.min() == -0.5 and conv.max() == 0.5  # before the in-place ReLU rewrote it
+    assert result.layers[2].values.tolist() == [[[0.0, 0.5], [0.0, 0.5]]]
+    assert result.layers[4].values.tolist() == [[[0.5]]]
+
+
+def test_grad_cam_that_cannot_be_computed_leaves_the_rest():
+    model = Tiny()
+    model.block.conv.requires_grad_(False)  # frozen, and the input needs no gradient: nothing flows back
+    result = probe(model, [0.0], [1.0], torch.rand(1, 1, 2, 2))
+    assert result.cam is None and "no Grad-CAM on block.conv" in result.cam_error
+    assert len(result.layers) == 3 and result.probs.sum().item() == pytest.approx(1.0)

@@ -70,7 +70,21 @@ def logdir(mnist_run: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
                     classes=[str(i) for i in range(10)], mean=[0.0], std=[1.0], input_shape=[1, 28, 28],
                     dataset="mnist", epoch=1, val_accuracy=0.5)  # fmt: skip
     code.write_text(USER_MODEL + "\n# edited after training\n")
-    (code.parent / MARKER).unlink(missing_ok=True)
+    # a run that names code planted elsewhere in the shared log directory, with its right sha256
+    planted = root / "elsewhere" / "net.py"
+    planted.parent.mkdir()
+    planted.write_text(USER_MODEL)
+    (root / "planted").mkdir()
+    save_checkpoint(root / "planted" / "best.pth", model, **model_fields(f"{planted}:Net"), config={},
+                    classes=[str(i) for i in range(10)], mean=[0.0], std=[1.0], input_shape=[1, 28, 28],
+                    dataset="mnist", epoch=1, val_accuracy=0.5)  # fmt: skip
+    # the trained run again, trained from a data folder this machine does not have
+    ckpt = torch.load(root / "mnist" / "best.pth", weights_only=True)
+    ckpt["config"]["data_dir"] = str(root.parent / "no-data-here")
+    (root / "elsewhere-data").mkdir()
+    torch.save(ckpt, root / "elsewhere-data" / "best.pth")
+    for folder in (code.parent, planted.parent):
+        (folder / MARKER).unlink(missing_ok=True)
     return root
 
 
@@ -92,7 +106,7 @@ def api(base: str, route: str, body: dict | bytes | None = None) -> tuple[int, d
 
 
 def test_runs_are_found_without_their_sub_runs(logdir):
-    assert sorted(find_runs(logdir)) == ["edited", "mnist", "no-checkpoint"]
+    assert sorted(find_runs(logdir)) == ["edited", "elsewhere-data", "mnist", "no-checkpoint", "planted"]
 
 
 def test_tensorboard_starts_with_the_tab_and_without_torch():
@@ -105,16 +119,22 @@ def test_tensorboard_starts_with_the_tab_and_without_torch():
 def test_routes_answer_with_a_model_or_one_line_reason(tensorboard, logdir):
     base, log = tensorboard
     status, listing = api(base, "runs")
-    assert status == 200 and [r["run"] for r in listing["runs"]] == ["edited", "mnist", "no-checkpoint"]
-    assert [r["checkpoint"] for r in listing["runs"]] == [True, True, False]
+    runs = [r["run"] for r in listing["runs"]]
+    assert status == 200 and runs == ["edited", "elsewhere-data", "mnist", "no-checkpoint", "planted"]
+    assert [r["checkpoint"] for r in listing["runs"]] == [True, True, True, False, True]
     _, model = api(base, "model?run=mnist")
     assert model["ok"] and model["classes"] == [str(i) for i in range(10)] and model["mean"] == [0.1307]
     assert len(bytes.fromhex(model["viridis"])) == 256 * 3
     for run, words in (("no-checkpoint", "no best.pth or last.pth"), ("edited", "has changed since training"),
-                       ("../mnist", "no run named")):  # fmt: skip
+                       ("planted", "which is the log directory"), ("../mnist", "no run named"),
+                       ("/etc", "no run named")):  # fmt: skip
         _, answer = api(base, "model?" + urllib.parse.urlencode({"run": run}))
         assert not answer["ok"] and words in answer["reason"] and "\n" not in answer["reason"], answer
     assert not (code_dir(logdir) / MARKER).exists()  # refused before any of the edited code ran
+    assert not (logdir / "elsewhere" / MARKER).exists()  # nor any code planted in the log directory
+    _, answer = api(base, "update", {"run": "elsewhere-data", "source": "test", "index": 0})
+    assert not answer["ok"] and "test set is not in" in answer["reason"]
+    assert not (logdir.parent / "no-data-here").exists()  # the tab downloads nothing
     _, answer = api(base, "update", {"run": "mnist", "source": "test", "index": 3})
     assert answer["ok"] and answer["label"] == 0 and answer["prediction"] == 0  # MNIST's test image 3 is a 0
     assert [layer["name"] for layer in answer["layers"]][:3] == ["conv1", "bn1", "relu1"]
@@ -123,7 +143,9 @@ def test_routes_answer_with_a_model_or_one_line_reason(tensorboard, logdir):
     for body, words in (({"run": "mnist", "source": "test", "index": 10_000}, "out of range"),
                         ({"run": "mnist", "source": "draw", "image": "data:image/png;base64,AAAA"}, "not an image"),
                         ({"run": "mnist", "source": "sing"}, "unknown input source"),
-                        ({"run": "mnist", "source": "test", "target": 12}, "not one of")):  # fmt: skip
+                        ({"run": "mnist", "source": "test", "target": 12}, "not one of"),
+                        ({"run": "mnist", "source": "test", "target": True}, "not one of"),
+                        ({"run": "mnist", "source": "test", "index": 1e300}, "picked by its number")):  # fmt: skip
         status, answer = api(base, "update", body)
         assert status == 200 and not answer["ok"] and words in answer["reason"], answer
     assert api(base, "update", b"{not json")[0] == 400
@@ -134,6 +156,25 @@ def png_data_url(image) -> str:  # noqa: ANN001
     buf = io.BytesIO()
     image.save(buf, format="PNG")
     return base64.b64encode(buf.getvalue()).decode()
+
+
+def assert_conv1_drawn(frame, response) -> None:  # noqa: ANN001
+    """The conv1 card's tiles show the last answer's maps: each pixel is viridis of its value (known answer)."""
+    answer = response.json()
+    conv1 = answer["layers"][0]
+    levels = np.frombuffer(base64.b64decode(conv1["data"]), np.uint8).reshape(16, 28, 28)
+    lut = np.frombuffer(bytes.fromhex(frame.locator("#run").evaluate("() => window.vizkitViridis")), np.uint8)
+    # tiles of 56 px (28 px maps at zoom 2) with 4 px gaps and a 12 px number above; the centre of each map pixel
+    drawn = frame.locator(".layer > canvas").first.evaluate(
+        "c => [c.width, [...c.getContext('2d').getImageData(0, 0, c.width, c.height).data]]"
+    )
+    width, rgba = drawn[0], np.array(drawn[1], np.uint8).reshape(-1, drawn[0], 4)
+    cols = width // 60
+    for channel in (0, 5, 15):
+        x0, y0 = (channel % cols) * 60, (channel // cols) * (56 + 12 + 4) + 12
+        for r, c in ((3, 3), (14, 14), (20, 9)):
+            pixel, level = rgba[y0 + 2 * r + 1, x0 + 2 * c + 1, :3], int(levels[channel, r, c])
+            assert pixel.tolist() == lut[3 * level : 3 * level + 3].tolist(), (channel, r, c)
 
 
 def test_the_tab_in_a_real_browser(tensorboard, data_dir):
@@ -149,6 +190,8 @@ def test_the_tab_in_a_real_browser(tensorboard, data_dir):
         page = browser.new_page(viewport={"width": 1300, "height": 900})
         page.on("request", lambda r: hosts.add(urllib.parse.urlsplit(r.url).netloc))
         page.on("request", lambda r: updates.append(r.url) if r.url.endswith("/update") else None)
+        answers = []
+        page.on("response", lambda r: answers.append(r) if r.url.endswith("/update") else None)
         page.goto(base + "#vizkit")
         page.wait_for_selector("iframe")
         frame = page.frame_locator("iframe")
@@ -177,12 +220,15 @@ def test_the_tab_in_a_real_browser(tensorboard, data_dir):
         assert "logits" in layers.last.inner_text()
         size = frame.locator(".layer > canvas").first.evaluate("c => [c.width, c.height]")
         assert size[0] >= 8 * 36 and size[1] >= 36  # tiles of at least 36 px
+        assert_conv1_drawn(frame, answers[-1])
 
         frame.locator("[data-source=test]").click()
         frame.locator("#index").fill("3")
         frame.locator("#show").click()
         frame.locator("#prediction").filter(has_text="label 0").wait_for(timeout=30_000)
         assert frame.locator("#prediction").inner_text().startswith("0")
+        page.wait_for_timeout(300)
+        assert_conv1_drawn(frame, answers[-1])  # the tiles follow each new input, not only the first
 
         frame.locator("[data-source=photo]").click()
         drop = frame.locator("#drop").element_handle()

@@ -208,8 +208,11 @@ def _inside(path: Path, folder: Path) -> bool:
     return path == folder or folder in path.parents
 
 
-def trusted_spec(ckpt: dict[str, Any], path: Path) -> str:
-    """The recorded model spec, if its code may be imported without the person naming it (see the module doc)."""
+def trusted_spec(ckpt: dict[str, Any], path: Path, shared: Path | None = None) -> str:
+    """The recorded model spec, if its code may be imported without the person naming it (see the module doc).
+
+    `shared`: a folder whose runs come from anywhere (the log directory TensorBoard serves): code recorded
+    inside it is refused like code in the run's own folder, since whoever shared a run could have put it there."""
     spec = ckpt["model"]
     if spec and not is_user_model(spec):
         return spec
@@ -222,8 +225,14 @@ def trusted_spec(ckpt: dict[str, Any], path: Path) -> str:
         raise VizkitError(f"{path} was trained with {what} and no source file was recorded; {how}")
     recorded = Path(source["path"]).resolve()
     run_folder = path.resolve().parent
-    if _inside(recorded, run_folder) or any(_inside(recorded, d) for d in _installed_code_dirs()):
-        where = "the checkpoint's own folder" if _inside(recorded, run_folder) else "Python's or a package's own code"
+    shared_folder = shared.resolve() if shared is not None else run_folder
+    if _inside(recorded, run_folder) or _inside(recorded, shared_folder):
+        where = "the checkpoint's own folder" if _inside(recorded, run_folder) else f"the log directory {shared}"
+    elif any(_inside(recorded, d) for d in _installed_code_dirs()):
+        where = "Python's or a package's own code"
+    else:
+        where = ""
+    if where:
         raise VizkitError(
             f"{path} names its model code in {recorded}, which is {where}, not a model file of yours; "
             f"it is not imported: {how}"
@@ -249,13 +258,14 @@ def open_checkpoint(
     std: Sequence[float] | None = None,
     dataset: str | None = None,
     model_args: dict[str, Any] | None = None,
+    shared: Path | None = None,
 ) -> tuple[nn.Module, dict[str, Any]]:
     """Rebuild a checkpoint's model on the CPU, in eval mode, with the dict describing it.
 
     `model` (from --model) names the code to build; without it, a vizkit checkpoint's recorded model is used
     under the trust rule. A bare state dict needs `model`; its normalisation is `mean`/`std`, else the
     dataset's; `model_args` (with `model`) are NAME's keyword arguments. The dict's `norm_source` says
-    where the normalisation came from, for figure titles.
+    where the normalisation came from, for figure titles. `shared`: see trusted_spec.
     """
     path = Path(path)
     raw = _load(path)
@@ -263,7 +273,7 @@ def open_checkpoint(
         _check_fields(raw, path)
         ckpt = dict(raw)
         ckpt["norm_source"] = "from the checkpoint"
-        spec = model or trusted_spec(ckpt, path)
+        spec = model or trusted_spec(ckpt, path, shared)
         state = ckpt["state_dict"]
     else:
         state = bare_state_dict(raw, path)

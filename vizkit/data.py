@@ -279,10 +279,17 @@ def _ensure(name: str, data_dir: Path) -> str:
     return ensure(data_dir)
 
 
-def load_test_split(name: str, data_dir: str | Path = "data") -> Split:
-    """Only the official test set (what the inspection commands draw samples from)."""
-    _ensure(name, Path(data_dir))
-    return _read_split(name, Path(data_dir), train=False)
+def load_test_split(name: str, data_dir: str | Path = "data", fetch: bool = True) -> Split:
+    """Only the official test set (what the inspection commands draw samples from). `fetch=False` reads only
+    what is already in `data_dir` (vizkit's TensorBoard tab downloads nothing)."""
+    if fetch:
+        _ensure(name, Path(data_dir))
+    try:
+        return _read_split(name, Path(data_dir), train=False)
+    except (OSError, RuntimeError):
+        raise VizkitError(
+            f"the {name} test set is not in {data_dir}; training fetches it (or python -m vizkit.features --index 0)"
+        ) from None
 
 
 def load_dataset(name: str, data_dir: str | Path = "data", limit_train: int = 0, val_size: int = 5000) -> Dataset:

@@ -62,7 +62,8 @@ def capture(
 
     def keep(name: str, value: torch.Tensor | tuple) -> None:
         out = value[0] if isinstance(value, (tuple, list)) else value
-        captured[name] = out.detach().cpu() if detach else out
+        # a copy: an in-place ReLU after a conv would otherwise rewrite the conv output kept here
+        captured[name] = out.detach().to("cpu", copy=True) if detach else out
 
     def hook_for(name: str):  # noqa: ANN202
         if inputs:

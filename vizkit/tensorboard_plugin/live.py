@@ -36,10 +36,11 @@ class Loaded:
     lock: threading.Lock
 
 
-def open_run(checkpoint: Path) -> Loaded:
+def open_run(checkpoint: Path, logdir: Path | None = None) -> Loaded:
     """The run's model on the CPU in eval mode, under the inspection commands' trust rule (checkpoint.py):
-    recorded user code is imported only from its own file with its recorded sha256."""
-    model, ckpt = open_checkpoint(checkpoint)
+    recorded user code is imported only from its own file with its recorded sha256, and never from inside
+    the log directory (whoever shared a run there could have put code beside it)."""
+    model, ckpt = open_checkpoint(checkpoint, shared=logdir)
     return Loaded(model, ckpt, checkpoint, threading.Lock())
 
 
@@ -77,7 +78,7 @@ def test_image(ckpt: dict[str, Any], index: int, logdir: Path | None) -> tuple[t
     data_dir = next((d for d in candidates if d.is_dir()), candidates[0])
     key = (dataset, str(data_dir.resolve()))
     if key not in _test_sets:
-        _test_sets[key] = load_test_split(dataset, data_dir)
+        _test_sets[key] = load_test_split(dataset, data_dir, fetch=False)  # the tab downloads nothing
     test = _test_sets[key]
     if not 0 <= index < len(test):
         raise VizkitError(
@@ -149,6 +150,7 @@ def to_json(result: Probe, pixels: torch.Tensor, classes: list[str]) -> dict[str
         "target": result.target,
         "classes": list(classes),
         "cam": cam,
+        "cam_error": result.cam_error,
         "layers": layers,
     }
 
@@ -160,10 +162,9 @@ def update(loaded: Loaded, request: dict[str, Any], logdir: Path | None) -> dict
     source = request.get("source")
     label = None
     if source == "test":
-        try:
-            index = int(request.get("index", 0))
-        except (TypeError, ValueError):
-            raise VizkitError("a test image is picked by its number (0, 1, 2, ...)") from None
+        index = request.get("index", 0)
+        if isinstance(index, bool) or not isinstance(index, int):
+            raise VizkitError("a test image is picked by its number (0, 1, 2, ...)")
         pixels, label = test_image(ckpt, index, logdir)
     elif source in ("draw", "photo"):
         pixels, _ = image_input(str(request.get("image", "")), ckpt["input_shape"])
@@ -171,10 +172,16 @@ def update(loaded: Loaded, request: dict[str, Any], logdir: Path | None) -> dict
         raise VizkitError(f"unknown input source {source!r}: draw, test or photo")
     target = request.get("target")
     classes = list(ckpt["classes"])
-    if target is not None and not (isinstance(target, int) and 0 <= target < len(classes)):
+    if target is not None and (
+        isinstance(target, bool) or not isinstance(target, int) or not 0 <= target < len(classes)
+    ):
         raise VizkitError(f"class {target!r} is not one of this model's {len(classes)} classes")
     with loaded.lock:
         result = probe(loaded.model, ckpt["mean"], ckpt["std"], pixels, target)
+    if not torch.isfinite(result.probs).all():
+        raise VizkitError(
+            "the model's output is not a number (NaN or inf) for this input; its weights may have diverged"
+        )
     answer = to_json(result, pixels, classes)
     answer["label"] = label
     answer["server_ms"] = round(1000 * (time.perf_counter() - started), 2)

@@ -42,10 +42,11 @@ def find_runs(logdir: Path) -> dict[str, Path]:
     return runs
 
 
+HEADERS = {"Cache-Control": "no-store", "X-Content-Type-Options": "nosniff"}  # TensorBoard's own rule for plugins
+
+
 def _json(value: Any, status: int = 200) -> Response:
-    return Response(
-        json.dumps(value), status=status, content_type="application/json", headers={"Cache-Control": "no-store"}
-    )
+    return Response(json.dumps(value), status=status, content_type="application/json", headers=HEADERS)
 
 
 class VizkitPlugin(base_plugin.TBPlugin):
@@ -70,7 +71,7 @@ class VizkitPlugin(base_plugin.TBPlugin):
 
     @Request.application
     def _index_js(self, request: Request) -> Response:
-        return Response((STATIC / "index.js").read_bytes(), content_type="text/javascript")
+        return Response((STATIC / "index.js").read_bytes(), content_type="text/javascript", headers=HEADERS)
 
     @Request.application
     def _runs(self, request: Request) -> Response:
@@ -80,35 +81,45 @@ class VizkitPlugin(base_plugin.TBPlugin):
         ]
         return _json({"logdir": str(self.logdir or ""), "runs": listed})
 
+    def _run_dir(self, run: str) -> Path | None:
+        """The folder of a run named as /runs names it, or None: a name is never a path out of the log directory."""
+        if not self.logdir or not run or Path(run).is_absolute() or ".." in Path(run).parts:
+            return None
+        folder = (self.logdir / run).resolve()
+        inside = folder == self.logdir.resolve() or self.logdir.resolve() in folder.parents
+        return folder if inside and folder.is_dir() else None
+
     def _open(self, run: str) -> Any:
         """The run's live.Loaded, or a one-line reason (str) why it cannot be shown."""
-        runs = find_runs(self.logdir) if self.logdir and self.logdir.is_dir() else {}
-        if run not in runs:  # only runs under the log directory, so no path from the request is ever opened
+        folder = self._run_dir(run)
+        if folder is None:
             return f"no run named '{run}' under {self.logdir}"
-        checkpoint = next((runs[run] / c for c in CHECKPOINTS if (runs[run] / c).is_file()), None)
+        checkpoint = next((folder / c for c in CHECKPOINTS if (folder / c).is_file()), None)
         if checkpoint is None:
             return f"{run} has no best.pth or last.pth yet: it shows here after its first epoch"
         mtime = checkpoint.stat().st_mtime
         with self._lock:
             cached = self._models.get(checkpoint)
-            if cached is None or cached[0] != mtime:
-                cached = (mtime, self._load(checkpoint))
-                self._models[checkpoint] = cached
-        return cached[1]
+            if cached is not None and cached[0] == mtime:
+                return cached[1]
+            loaded = self._load(checkpoint, self.logdir)
+            if not isinstance(loaded, str):  # a refusal is tried again next time (the file may be fixed)
+                self._models[checkpoint] = (mtime, loaded)
+            return loaded
 
     @staticmethod
-    def _load(checkpoint: Path) -> Any:
+    def _load(checkpoint: Path, logdir: Path | None) -> Any:
         try:
             from vizkit.tensorboard_plugin import live  # torch, on the first model asked for
 
-            return live.open_run(checkpoint)
+            return live.open_run(checkpoint, logdir)
         except SystemExit as exc:
             return str(exc) or "the model could not be opened"
         except Exception as exc:  # one line in the tab, never a traceback in TensorBoard
             from vizkit.errors import VizkitError, first_line
 
             if not isinstance(exc, VizkitError):
-                log.warning("vizkit: %s could not be opened", checkpoint, exc_info=True)
+                log.warning("vizkit: %s could not be opened: %s", checkpoint, first_line(exc))
             return first_line(exc)
 
     @Request.application
@@ -124,10 +135,14 @@ class VizkitPlugin(base_plugin.TBPlugin):
     def _update(self, request: Request) -> Response:
         if request.method != "POST":
             return _json({"ok": False, "reason": "POST a JSON body"}, 405)
-        if (request.content_length or 0) > MAX_BODY:
+        try:  # read at most MAX_BODY + 1 bytes, whatever the request claims (a chunked upload claims nothing)
+            raw = request.stream.read(MAX_BODY + 1)
+        except Exception:  # a broken upload
+            return _json({"ok": False, "reason": "the request did not arrive whole; try again"}, 400)
+        if len(raw) > MAX_BODY:
             return _json({"ok": False, "reason": f"the image is over {MAX_BODY // 2**20} MB; shrink it first"}, 413)
         try:
-            body = json.loads(request.get_data(cache=False) or b"{}")
+            body = json.loads(raw or b"{}")
         except ValueError:
             return _json({"ok": False, "reason": "the request was not JSON"}, 400)
         if not isinstance(body, dict):
@@ -143,5 +158,5 @@ class VizkitPlugin(base_plugin.TBPlugin):
         except VizkitError as exc:
             return _json({"ok": False, "reason": first_line(exc)})
         except Exception as exc:  # the person's model raised on this input: say so in the tab
-            log.warning("vizkit: an update of %s failed", loaded.checkpoint, exc_info=True)
+            log.warning("vizkit: an update of %s failed: %s", loaded.checkpoint, first_line(exc))
             return _json({"ok": False, "reason": f"the model raised {type(exc).__name__}: {first_line(exc)}"})

@@ -91,6 +91,7 @@ export async function render() {
     <section id="layers"></section>`;
   wireInputs();
   const listing = await getJSON('./runs');
+  if (!listing.runs) return setStatus(listing.reason, true);
   const select = byId('run');
   for (const {run, checkpoint} of listing.runs) {
     const option = new Option(checkpoint ? run : `${run} (no checkpoint)`, run);
@@ -110,7 +111,12 @@ function byId(id) { return document.getElementById(id); }
 async function getJSON(url, body) {
   const init = body === undefined ? {} : {method: 'POST', headers: {'Content-Type': 'application/json'},
                                           body: JSON.stringify(body)};
-  const response = await fetch(url, init);
+  let response;
+  try {
+    response = await fetch(url, init);
+  } catch (e) {
+    return {ok: false, reason: `TensorBoard did not answer (${e.message}); is it still running?`};
+  }
   try {
     return await response.json();
   } catch (e) {
@@ -127,13 +133,14 @@ function setStatus(text, error = false) {
 async function openRun(run) {
   state.run = run;
   state.model = null;
-  byId('layers').replaceChildren();
+  clearResult();
   setStatus(`Opening ${run}…`);
   const model = await getJSON('./model?' + new URLSearchParams({run}));
   if (state.run !== run) return;
   if (!model.ok) return setStatus(model.reason, true);
   state.model = model;
   state.lut = hexTable(model.viridis);
+  window.vizkitViridis = model.viridis;  // for the browser tests' pixel checks
   const target = byId('target');
   target.replaceChildren(new Option('the predicted class', ''));
   model.classes.forEach((name, k) => target.appendChild(new Option(`class ${name}`, String(k))));
@@ -187,8 +194,8 @@ function wireInputs() {
   byId('clear').addEventListener('click', () => { state.strokes = []; drawStrokes(ctx); schedule(); });
   byId('undo').addEventListener('click', () => { state.strokes.pop(); drawStrokes(ctx); schedule(); });
   byId('pen').addEventListener('input', (e) => { state.penWidth = Number(e.target.value); });
-  byId('show').addEventListener('click', () => { state.index = Number(byId('index').value) || 0; schedule(); });
-  byId('index').addEventListener('change', () => { state.index = Number(byId('index').value) || 0; schedule(); });
+  byId('show').addEventListener('click', () => { state.index = Math.trunc(Number(byId('index').value)) || 0; schedule(); });
+  byId('index').addEventListener('change', () => { state.index = Math.trunc(Number(byId('index').value)) || 0; schedule(); });
   byId('random').addEventListener('click', () => {
     state.index = Math.floor(Math.random() * 10000);
     byId('index').value = state.index;
@@ -271,8 +278,7 @@ async function schedule() {
   if (state.busy) { state.again = true; return; }
   const body = request();
   if (!body) {
-    byId('prediction').textContent = '–';
-    byId('layers').replaceChildren();
+    clearResult();
     return setStatusHint(state.source === 'draw' ? 'Draw a digit on the black square.' : 'Drop a photo.');
   }
   state.busy = true;
@@ -290,16 +296,31 @@ async function schedule() {
 
 function setStatusHint(text) { byId('timing').textContent = text; }
 
+// Nothing of an earlier input or run stays on screen once it no longer applies.
+function clearResult() {
+  byId('prediction').textContent = '–';
+  byId('probs').replaceChildren();
+  byId('layers').replaceChildren();
+  byId('cam-layer').textContent = '';
+  byId('timing').textContent = '';
+  for (const id of ['seen', 'cam']) {
+    const canvas = byId(id);
+    canvas.getContext('2d').clearRect(0, 0, canvas.width, canvas.height);
+  }
+}
+
 // --- what the model made of it --------------------------------------------------------------------------
 
 function show(answer, roundTrip) {
   if (!answer.ok) {
+    clearResult();
     setStatus(answer.reason, true);
     return;
   }
   if (byId('status').classList.contains('error')) openRunStatus();
   const {classes, probs, prediction} = answer;
-  const label = answer.label === null || answer.label === undefined ? '' : ` <small>label ${classes[answer.label]}</small>`;
+  const label = answer.label === null || answer.label === undefined ? '' :
+                ` <small>label ${escape(classes[answer.label])}</small>`;
   byId('prediction').innerHTML = `${escape(classes[prediction])} <small>${(100 * probs[prediction]).toFixed(1)}%</small>${label}`;
   const rows = [];
   probs.forEach((p, k) => {
@@ -311,7 +332,7 @@ function show(answer, roundTrip) {
   byId('seen-size').textContent = `(${answer.input.width}×${answer.input.height})`;
   drawCam(byId('cam'), answer.input, answer.cam);
   byId('cam-layer').textContent = answer.cam ? `on ${answer.cam.layer}, for class ${classes[answer.target]}` :
-                                               '(this model has no conv layer)';
+                                               `(${answer.cam_error || 'this model has no conv layer'})`;
   byId('timing').textContent = `update: ${answer.server_ms.toFixed(1)} ms on the server, ` +
                                `${roundTrip.toFixed(0)} ms round trip`;
   drawLayers(answer.layers);
@@ -417,7 +438,7 @@ function drawMaps(card, layer, width) {
   const tw = w * zoom, th = h * zoom;
   const cols = Math.max(1, Math.min(channels, Math.floor((width + GAP) / (tw + GAP))));
   const rows = Math.ceil(channels / cols);
-  const canvas = card.querySelector('canvas');
+  const canvas = card.querySelector(':scope > canvas');  // not the colour bar's
   canvas.width = cols * (tw + GAP);
   canvas.height = rows * (th + LABEL + GAP);
   const ctx = canvas.getContext('2d');
@@ -446,7 +467,7 @@ function drawBars(card, layer, width) {
   const values = layer.values;
   const labelled = Boolean(layer.labels);
   const step = Math.max(2, Math.min(labelled ? 40 : 14, Math.floor(width / values.length)));
-  const canvas = card.querySelector('canvas');
+  const canvas = card.querySelector(':scope > canvas');  // not the colour bar's
   canvas.width = Math.max(200, values.length * step);
   canvas.height = labelled ? 130 : 110;
   const ctx = canvas.getContext('2d');
