@@ -20,3 +20,13 @@ def test_bench_smoke(tmp_path, data_dir):
     assert report["medians"]["a_tutorial"]["test_accuracy"] > 0
     assert set(report["ratios"]) >= {"b_over_a_epoch_seconds", "c_over_b_epoch_seconds"}
     assert "b/a <= 0.33" in result.stdout
+
+
+def test_bench_tab_smoke(tmp_path, data_dir):
+    out = tmp_path / "tab.json"
+    cmd = [sys.executable, "experiments/bench_tab.py", "--smoke", "--out", str(out), "--data-dir", str(data_dir)]
+    result = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stderr[-2000:]
+    report = json.loads(out.read_text())
+    assert set(report["update"]) == {"draw", "test", "photo"} and report["update"]["draw"]["layers"] == 15
+    assert report["startup"]["vizkit_tab_listed"] and not report["startup"]["torch_imported_at_start"]
