@@ -17,6 +17,26 @@ import pytest
 REPO = Path(__file__).resolve().parents[1]
 DATA_DIR = Path(os.environ.get("VIZKIT_TEST_DATA", REPO / "data"))
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
+# VIZKIT_TEST_DEVICE=cuda runs the suite's training and Run tests on the GPU (and refuses to start without one);
+# the default, auto, is what vizkit.train does: CUDA where there is one
+DEVICE = os.environ.get("VIZKIT_TEST_DEVICE", "auto")
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    if DEVICE not in ("auto", "cpu", "cuda"):
+        raise pytest.UsageError(f"VIZKIT_TEST_DEVICE must be auto, cpu or cuda, not {DEVICE!r}")
+    if DEVICE == "cuda":
+        import torch
+
+        if not torch.cuda.is_available():
+            raise pytest.UsageError("VIZKIT_TEST_DEVICE=cuda, but torch sees no CUDA device")
+
+
+def torch_device() -> str:
+    """Where tests put the models they build themselves."""
+    import torch
+
+    return "cuda" if DEVICE == "cuda" or (DEVICE == "auto" and torch.cuda.is_available()) else "cpu"
 
 
 def chromium_page():  # noqa: ANN201
@@ -64,7 +84,7 @@ def small_run(data_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
 
     run_dir = tmp_path_factory.mktemp("runs") / "small"
     argv = ["--limit-train", "1000", "--epochs", "2", "--data-dir", str(data_dir), "--run-dir", str(run_dir)]
-    assert main(argv + ["--set", "log_every=5"]) == 0
+    assert main(argv + ["--set", "log_every=5", "--device", DEVICE]) == 0
     return run_dir
 
 
@@ -75,5 +95,5 @@ def mnist_run(data_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
 
     run_dir = tmp_path_factory.mktemp("runs") / "mnist"
     argv = ["--epochs", "1", "--log", "off", "--data-dir", str(data_dir), "--run-dir", str(run_dir)]
-    assert main(argv) == 0
+    assert main(argv + ["--device", DEVICE]) == 0
     return run_dir

@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from conftest import torch_device
 from PIL import Image
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 from torch import nn
@@ -43,12 +44,13 @@ def images(signs: list[float]) -> torch.Tensor:
 
 
 def test_run_evaluates_a_known_model_and_writes_the_run(tmp_path):
-    model = Sign()
+    model = Sign().to(torch_device())  # VIZKIT_TEST_DEVICE=cuda: the same known answers from a model on the GPU
     model.bn.eval()  # frozen on purpose: Run must leave it so
     model.train()
     model.bn.eval()
     before = {k: v.clone() for k, v in model.state_dict().items()}
-    # labels 0, 0, 1, 1 for signs +, -, -, +: predictions 0, 1, 1, 0, so one right in each row
+    # labels 0, 0, 1, 1 for signs +, -, -, +: predictions 0, 1, 1, 0, so one right in each row (CPU batches,
+    # as a DataLoader gives them)
     loader = [(images([1, -1]), torch.tensor([0, 0])), (images([-1, 1]), torch.tensor([1, 1]))]
     with Run(model, images([1, -1, 1]), run_dir=tmp_path / "run", classes=["pos", "neg"], log="full") as run:
         row = run.epoch(train_loss=0.5, val_loader=loader)

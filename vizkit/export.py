@@ -47,6 +47,9 @@ def export_onnx(
     }
     accepted = inspect.signature(torch.onnx.export).parameters
     if "dynamo" in accepted:  # the torch.export-based exporter names dynamic axes by forward() argument
+        # asked for by name: it is the default only from torch 2.9, and the TorchScript exporter before it
+        # rejects dynamic_shapes (torch 2.5 to 2.8 failed at the end of every run)
+        options["dynamo"] = True
         options["dynamic_shapes"] = {"x": {0: torch.export.Dim("batch", min=1)}}
     else:
         options["dynamic_axes"] = {"image": {0: "batch"}, "logits": {0: "batch"}}
