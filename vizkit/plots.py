@@ -74,8 +74,14 @@ def activation_figure(activation: torch.Tensor, layer: str, image: torch.Tensor,
         channels = act.shape[0]
         cols = min(channels, max(4, int(np.ceil(np.sqrt(channels * 1.5)))))
         rows = int(np.ceil(channels / cols))
-        fig = Figure(figsize=(1.4 * cols + 2.6, 1.45 * rows + 0.9), dpi=100)
-        grid = fig.add_gridspec(rows, cols + 2, width_ratios=[1.6] + [1] * cols + [0.12])
+        width, height = 1.4 * cols + 2.6, 1.45 * rows + 0.9
+        fig = Figure(figsize=(width, height), dpi=100)
+        # margins in inches, set by hand: tight_layout measured every text box and took 0.4 s of a 3 s command
+        grid = fig.add_gridspec(
+            rows, cols + 2, width_ratios=[1.6] + [1] * cols + [0.12],
+            left=0.15 / width, right=1 - 0.45 / width, bottom=0.1 / height, top=1 - 0.55 / height,
+            wspace=0.15, hspace=0.3,
+        )  # fmt: skip
         _show_input(fig.add_subplot(grid[: min(rows, 2), 0]), image, "input")
         vmin, vmax = float(act.min()), float(act.max())
         shown = None
@@ -86,16 +92,16 @@ def activation_figure(activation: torch.Tensor, layer: str, image: torch.Tensor,
             ax.axis("off")
         fig.colorbar(shown, cax=fig.add_subplot(grid[:, -1]))
         fig.suptitle(f"{layer}: {channels} channels, {act.shape[1]}x{act.shape[2]} - {title}", fontsize=10)
-    else:
-        values = act.flatten().numpy()
-        fig = Figure(figsize=(max(6.0, min(16.0, 0.12 * len(values) + 3)), 3.2), dpi=100)
-        grid = fig.add_gridspec(1, 2, width_ratios=[1, 6])
-        _show_input(fig.add_subplot(grid[0, 0]), image, "input")
-        ax = fig.add_subplot(grid[0, 1])
-        ax.bar(np.arange(len(values)), values, color=np.where(values >= 0, "tab:blue", "tab:red"))
-        ax.set(xlabel="unit", ylabel="activation")
-        ax.grid(axis="y", alpha=0.3)
-        fig.suptitle(f"{layer}: {len(values)} units - {title}", fontsize=10)
+        return fig
+    values = act.flatten().numpy()
+    fig = Figure(figsize=(max(6.0, min(16.0, 0.12 * len(values) + 3)), 3.2), dpi=100)
+    grid = fig.add_gridspec(1, 2, width_ratios=[1, 6])
+    _show_input(fig.add_subplot(grid[0, 0]), image, "input")
+    ax = fig.add_subplot(grid[0, 1])
+    ax.bar(np.arange(len(values)), values, color=np.where(values >= 0, "tab:blue", "tab:red"))
+    ax.set(xlabel="unit", ylabel="activation")
+    ax.grid(axis="y", alpha=0.3)
+    fig.suptitle(f"{layer}: {len(values)} units - {title}", fontsize=10)
     fig.tight_layout()
     return fig
 
