@@ -20,6 +20,19 @@ from photos import digit_photo
 from vizkit.tensorboard_plugin.plugin import find_runs
 
 MARKER = "marker.txt"
+TUTORIAL_004 = """
+import torch.nn as nn
+
+class CNN(nn.Module):  # tutorial 004's model: blocks of conv, ReLU and pool, then `out`
+    def __init__(self):
+        super().__init__()
+        self.conv1 = nn.Sequential(nn.Conv2d(1, 16, 5, 1, 2), nn.ReLU(), nn.MaxPool2d(2))
+        self.conv2 = nn.Sequential(nn.Conv2d(16, 32, 5, 1, 2), nn.ReLU(), nn.MaxPool2d(2))
+        self.out = nn.Linear(32 * 7 * 7, 10)
+
+    def forward(self, x):
+        return self.out(self.conv2(self.conv1(x)).view(x.size(0), -1))
+"""
 USER_MODEL = f'''
 import pathlib
 import torch.nn as nn
@@ -47,7 +60,7 @@ def code_dir(logdir: Path) -> Path:
 
 
 @pytest.fixture(scope="module")
-def logdir(mnist_run: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+def logdir(mnist_run: Path, data_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A trained run (with train/ and val/ sub-runs), a run with no checkpoint yet, and a run whose model file
     was edited after training (the trust rule refuses to import it)."""
     import torch
@@ -78,6 +91,15 @@ def logdir(mnist_run: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     save_checkpoint(root / "planted" / "best.pth", model, **model_fields(f"{planted}:Net"), config={},
                     classes=[str(i) for i in range(10)], mean=[0.0], std=[1.0], input_shape=[1, 28, 28],
                     dataset="mnist", epoch=1, val_accuracy=0.5)  # fmt: skip
+    # a user's own model (untrained: the layers, not the answers, are what is checked), its file outside
+    (code.parent / "cnn.py").write_text(TUTORIAL_004)
+    (root / "tutorial-004").mkdir()
+    spec = f"{code.parent / 'cnn.py'}:CNN"
+    from vizkit.models import get_model
+
+    save_checkpoint(root / "tutorial-004" / "best.pth", get_model(spec, 1, 28, 10), **model_fields(spec),
+                    config={"data_dir": str(data_dir)}, classes=[str(i) for i in range(10)], mean=[0.1307],
+                    std=[0.3081], input_shape=[1, 28, 28], dataset="mnist", epoch=1, val_accuracy=0.1)  # fmt: skip
     # the trained run again, trained from a data folder this machine does not have
     ckpt = torch.load(root / "mnist" / "best.pth", weights_only=True)
     ckpt["config"]["data_dir"] = str(root.parent / "no-data-here")
@@ -106,7 +128,14 @@ def api(base: str, route: str, body: dict | bytes | None = None) -> tuple[int, d
 
 
 def test_runs_are_found_without_their_sub_runs(logdir):
-    assert sorted(find_runs(logdir)) == ["edited", "elsewhere-data", "mnist", "no-checkpoint", "planted"]
+    assert sorted(find_runs(logdir)) == [
+        "edited",
+        "elsewhere-data",
+        "mnist",
+        "no-checkpoint",
+        "planted",
+        "tutorial-004",
+    ]
 
 
 def test_tensorboard_starts_with_the_tab_and_without_torch():
@@ -120,8 +149,8 @@ def test_routes_answer_with_a_model_or_one_line_reason(tensorboard, logdir):
     base, log = tensorboard
     status, listing = api(base, "runs")
     runs = [r["run"] for r in listing["runs"]]
-    assert status == 200 and runs == ["edited", "elsewhere-data", "mnist", "no-checkpoint", "planted"]
-    assert [r["checkpoint"] for r in listing["runs"]] == [True, True, True, False, True]
+    assert status == 200 and runs == ["edited", "elsewhere-data", "mnist", "no-checkpoint", "planted", "tutorial-004"]
+    assert [r["checkpoint"] for r in listing["runs"]] == [True, True, True, False, True, True]
     _, model = api(base, "model?run=mnist")
     assert model["ok"] and model["classes"] == [str(i) for i in range(10)] and model["mean"] == [0.1307]
     assert len(bytes.fromhex(model["viridis"])) == 256 * 3
@@ -149,6 +178,15 @@ def test_routes_answer_with_a_model_or_one_line_reason(tensorboard, logdir):
         status, answer = api(base, "update", body)
         assert status == 200 and not answer["ok"] and words in answer["reason"], answer
     assert api(base, "update", b"{not json")[0] == 400
+    # the user's own model: each block is named with the layer whose output it hands on
+    _, answer = api(base, "update", {"run": "tutorial-004", "source": "test", "index": 0})
+    assert answer["ok"], answer
+    layers = [(layer["name"], layer["blocks"], layer["stage"]) for layer in answer["layers"]]
+    assert layers == [("conv1.0", [], "before activation"), ("conv1.1", [], "after activation"),
+                      ("conv1.2", ["conv1"], "after activation"), ("conv2.0", [], "before activation"),
+                      ("conv2.1", [], "after activation"), ("conv2.2", ["conv2"], "after activation"),
+                      ("out", [], "before activation")]  # fmt: skip
+    assert answer["layers"][-1]["logits"] and answer["cam"]["layer"] == "conv2.0"
     assert "Traceback" not in log.read_text()  # every failure above was an answer, not an exception
 
 
