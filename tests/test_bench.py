@@ -8,25 +8,25 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 
 
-def test_bench_smoke(tmp_path, data_dir):
-    out = tmp_path / "bench.json"
-    cmd = [sys.executable, "experiments/bench.py", "--smoke", "--out", str(out), "--data-dir", str(data_dir)]
+def smoke(script: str, out: Path, data_dir: Path) -> tuple[dict, str]:
+    """Run a benchmark script with --smoke: its results file and what it printed."""
+    cmd = [sys.executable, f"experiments/{script}", "--smoke", "--out", str(out), "--data-dir", str(data_dir)]
     result = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=600)
     assert result.returncode == 0, result.stderr[-2000:]
-    report = json.loads(out.read_text())
+    return json.loads(out.read_text()), result.stdout
+
+
+def test_bench_smoke(tmp_path, data_dir):
+    report, stdout = smoke("bench.py", tmp_path / "bench.json", data_dir)
     assert set(report["medians"]) == {"a_tutorial", "b_vizkit_log_off", "c_vizkit_log_full", "d_inference"}
     assert report["machine"]["cores"] >= 1 and report["machine"]["torch"]
     # same model, seed and recipe: the tutorial loop and vizkit's runner start from the same weights
     assert report["medians"]["a_tutorial"]["test_accuracy"] > 0
     assert set(report["ratios"]) >= {"b_over_a_epoch_seconds", "c_over_b_epoch_seconds"}
-    assert "b/a <= 0.33" in result.stdout
+    assert "b/a <= 0.33" in stdout
 
 
 def test_bench_tab_smoke(tmp_path, data_dir):
-    out = tmp_path / "tab.json"
-    cmd = [sys.executable, "experiments/bench_tab.py", "--smoke", "--out", str(out), "--data-dir", str(data_dir)]
-    result = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=600)
-    assert result.returncode == 0, result.stderr[-2000:]
-    report = json.loads(out.read_text())
+    report, _ = smoke("bench_tab.py", tmp_path / "tab.json", data_dir)
     assert set(report["update"]) == {"draw", "test", "photo"} and report["update"]["draw"]["layers"] == 15
     assert report["startup"]["vizkit_tab_listed"] and not report["startup"]["torch_imported_at_start"]

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -154,3 +155,18 @@ def test_every_command_opens_the_own_loop_run(own_loop_run, data_dir, tmp_path, 
     assert netron_view.onnx_for(run, tmp_path).name == "model.onnx"
     assert report.main([run, "--out", str(tmp_path / "r.html"), *dd]) == 0
     assert "conv2" in (tmp_path / "r.html").read_text()
+
+
+def test_resume_removes_what_a_killed_writer_left(tmp_path):
+    run_dir = tmp_path / "run"
+    with Run(Sign(), images([1]), run_dir=run_dir, log="off") as run:
+        run.epoch(val_loss=1.0)
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()  # a pid that no longer runs: as a process killed with SIGKILL mid-write leaves it
+    stale = run_dir / f".last.pth.tmp-{dead.pid}"
+    live = run_dir / f".best.pth.tmp-{os.getpid()}"  # a writer still running (this one) is left alone
+    for f in (stale, live):
+        f.write_bytes(b"half a checkpoint")
+    Run(Sign(), images([1]), run_dir=run_dir, log="off", resume_step=2)
+    assert not stale.exists() and live.exists()
+    assert (run_dir / "last.pth").is_file()

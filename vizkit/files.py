@@ -6,11 +6,13 @@ import os
 from collections.abc import Callable
 from pathlib import Path
 
+TEMPORARY = ".{name}.tmp-{pid}"  # beside the file it will replace; the pid tells whose it is
+
 
 def atomic_write(path: str | Path, write: Callable[[Path], object]) -> Path:
     """Call write(tmp) on a temporary file beside `path`, then rename it over `path` (atomic on POSIX)."""
     path = Path(path)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    tmp = path.with_name(TEMPORARY.format(name=path.name, pid=os.getpid()))
     try:
         write(tmp)
         os.replace(tmp, path)
@@ -25,3 +27,26 @@ def atomic_write_bytes(path: str | Path, data: bytes) -> Path:
 
 def atomic_write_text(path: str | Path, text: str) -> Path:
     return atomic_write(path, lambda tmp: tmp.write_text(text, encoding="utf-8"))
+
+
+def remove_stale_temporaries(folder: str | Path) -> list[Path]:
+    """Delete the temporary files that a killed writer (SIGKILL: no `finally` ran) left in `folder`: those whose
+    process is gone. A live writer's file is left alone. Returns what was removed."""
+    removed = []
+    for tmp in Path(folder).glob(".*.tmp-*"):
+        pid = tmp.name.rpartition(".tmp-")[2]
+        if not pid.isdigit() or _alive(int(pid)):
+            continue
+        tmp.unlink(missing_ok=True)
+        removed.append(tmp)
+    return removed
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)  # signal 0: only asks whether the process exists
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True  # someone else's process
+    return True

@@ -46,7 +46,7 @@ from vizkit.config import dict_to_toml
 from vizkit.data import DATASETS
 from vizkit.errors import VizkitError, first_line
 from vizkit.export import check_onnx, export_onnx
-from vizkit.files import atomic_write_text
+from vizkit.files import atomic_write_text, remove_stale_temporaries
 from vizkit.hooks import modes_kept
 from vizkit.logger import RunLogger
 from vizkit.models import absolute_spec, conv_layer_names, display_name, last_linear_name, relu_layer_names
@@ -176,6 +176,9 @@ class Run:
         name = display_name(self.spec) if self.spec else type(model).__name__
         reuse = resume_step is not None or existing
         self.dir = Path(run_dir) if reuse and run_dir else new_run_dir(run_dir, name)
+        if reuse:  # --resume after a SIGKILL: the half-written files of the killed process go
+            for tmp in remove_stale_temporaries(self.dir):
+                logging.getLogger(__name__).info("removed %s, left by a killed writer", tmp.name)  # (`log`: a level)
         self.fields = {
             **model_fields(self.spec, model_args),
             "config": self.config,

@@ -32,6 +32,13 @@ def _font() -> ImageFont.ImageFont | ImageFont.FreeTypeFont:
     return ImageFont.load_default()
 
 
+def to_levels(values: torch.Tensor) -> tuple[np.ndarray, float, float]:
+    """Values -> 0..255 on their own range (one colour scale for a whole layer), and that range."""
+    lo, hi = float(values.min()), float(values.max())
+    levels = ((values.float() - lo) / max(hi - lo, 1e-12) * 255).round().clamp(0, 255).to(torch.uint8).numpy()
+    return levels, lo, hi
+
+
 def tile_scale(height: int, width: int) -> int:
     """The whole-number enlargement that makes the shorter side of a map at least MIN_TILE px."""
     return max(1, math.ceil(MIN_TILE / max(1, min(height, width))))
@@ -44,8 +51,7 @@ def layer_image(activation: torch.Tensor, title: str) -> np.ndarray:
     if act.dim() != 3:
         raise ValueError(f"layer_image takes (C, H, W) activations, not shape {tuple(act.shape)}")
     channels, h, w = act.shape
-    lo, hi = float(act.min()), float(act.max())
-    levels = ((act - lo) / max(hi - lo, 1e-12) * 255).round().clamp(0, 255).to(torch.uint8).numpy()
+    levels, lo, hi = to_levels(act)
     scale = tile_scale(h, w)
     th, tw = h * scale, w * scale
     cols = min(channels, COLUMNS)

@@ -20,7 +20,7 @@ from torch import nn
 from vizkit.checkpoint import open_checkpoint
 from vizkit.errors import VizkitError
 from vizkit.probe import Probe, probe
-from vizkit.tiles import viridis
+from vizkit.tiles import to_levels, viridis
 
 MAX_BARS = 1024  # units drawn for a fully connected layer (the rest are summarised by the range)
 
@@ -87,7 +87,7 @@ def test_image(ckpt: dict[str, Any], index: int, logdir: Path | None) -> tuple[t
     return test.images[index : index + 1].float() / 255, int(test.labels[index])
 
 
-def image_input(data_url: str, input_shape: list[int]) -> tuple[torch.Tensor, np.ndarray]:
+def image_input(data_url: str, input_shape: list[int]) -> torch.Tensor:
     """A drawing or a photo (a data: URL) prepared as vizkit.predict prepares photos."""
     from vizkit.preprocess import decode_image, prepare
 
@@ -96,19 +96,11 @@ def image_input(data_url: str, input_shape: list[int]) -> tuple[torch.Tensor, np
         raw = base64.b64decode(payload, validate=True)
     except ValueError:
         raise VizkitError("the image did not arrive whole (bad base64); draw or drop it again") from None
-    img = decode_image(io.BytesIO(raw), "the image")
-    return prepare(img, input_shape), np.asarray(img)
+    return prepare(decode_image(io.BytesIO(raw), "the image"), input_shape)
 
 
 def _bytes(values: np.ndarray) -> str:
     return base64.b64encode(np.ascontiguousarray(values, dtype=np.uint8).tobytes()).decode("ascii")
-
-
-def _levels(values: torch.Tensor) -> tuple[np.ndarray, float, float]:
-    """Values -> 0..255 on their own range (one colour scale per layer), with that range."""
-    lo, hi = float(values.min()), float(values.max())
-    levels = ((values - lo) / max(hi - lo, 1e-12) * 255).round().clamp(0, 255).to(torch.uint8).numpy()
-    return levels, lo, hi
 
 
 def to_json(result: Probe, pixels: torch.Tensor, classes: list[str]) -> dict[str, Any]:
@@ -125,7 +117,7 @@ def to_json(result: Probe, pixels: torch.Tensor, classes: list[str]) -> dict[str
             "logits": layer.logits,
         }
         if layer.values.dim() == 3:
-            levels, entry["min"], entry["max"] = _levels(layer.values)
+            levels, entry["min"], entry["max"] = to_levels(layer.values)
             entry["data"] = _bytes(levels)
         else:
             values = layer.values[:MAX_BARS]
@@ -167,7 +159,7 @@ def update(loaded: Loaded, request: dict[str, Any], logdir: Path | None) -> dict
             raise VizkitError("a test image is picked by its number (0, 1, 2, ...)")
         pixels, label = test_image(ckpt, index, logdir)
     elif source in ("draw", "photo"):
-        pixels, _ = image_input(str(request.get("image", "")), ckpt["input_shape"])
+        pixels = image_input(str(request.get("image", "")), ckpt["input_shape"])
     else:
         raise VizkitError(f"unknown input source {source!r}: draw, test or photo")
     target = request.get("target")
