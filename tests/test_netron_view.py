@@ -35,7 +35,9 @@ def wait_for_url(proc: subprocess.Popen, timeout: float = 90) -> str:
 @pytest.mark.parametrize("target", ["model.onnx", "best.pth", "."], ids=["onnx", "checkpoint", "run-dir"])
 def test_serves_the_model_and_stops_on_ctrl_c(small_run, target):
     cmd = [sys.executable, "-m", "vizkit.netron_view", str(small_run / target), "--no-browser"]
-    proc = subprocess.Popen(cmd, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    # SIGINT as a terminal gives it: a shell runs background jobs with SIGINT ignored, and Python keeps that
+    proc = subprocess.Popen(cmd, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))  # fmt: skip
     try:
         url = wait_for_url(proc)
         assert url.startswith("http://127.0.0.1:")
