@@ -24,6 +24,9 @@ def test_bench_smoke(tmp_path, data_dir):
     assert report["medians"]["a_tutorial"]["test_accuracy"] > 0
     assert set(report["ratios"]) >= {"b_over_a_epoch_seconds", "c_over_b_epoch_seconds"}
     assert "b/a <= 0.33" in stdout
+    fast = report["fast_recipe"]  # f and g: the fast recipe over the seeds, and pytorch/examples' loop
+    assert fast["summary"]["seeds"] == 1 and len(fast["runs"]) == 1 and fast["pytorch_examples"]["epochs"]
+    assert "fast recipe over 1 seeds" in stdout
 
 
 def test_bench_tab_smoke(tmp_path, data_dir):

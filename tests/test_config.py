@@ -67,6 +67,8 @@ def test_missing_file_lists_recipes():
         ({"epochs": "3"}, "must be int"),
         ({"mean": [0.5], "std": []}, "same length"),
         ({"val_size": 0}, "'val_size' must be at least 1"),
+        ({"betas": [0.9]}, "'betas' must be two numbers in \\[0, 1\\)"),
+        ({"betas": [0.9, 1.0]}, "'betas' must be two numbers"),
     ],
 )
 def test_bad_values(values, message):

@@ -35,6 +35,7 @@ class TrainConfig:
     lr: float = 0.005
     optimizer: str = "adam"
     momentum: float = 0.9  # SGD only
+    betas: list[float] = field(default_factory=lambda: [0.9, 0.999])  # Adam and AdamW
     weight_decay: float = 0.0
     scheduler: str = "onecycle"
     step_size: int = 5  # StepLR: epochs between decays
@@ -174,6 +175,8 @@ def validate(cfg: TrainConfig, source: str = "config") -> TrainConfig:
         raise VizkitError(
             f"{source}: 'val_size' must be at least 1 (validation picks the best epoch), got {cfg.val_size}"
         )
+    if len(cfg.betas) != 2 or not all(0 <= b < 1 for b in cfg.betas):
+        raise VizkitError(f"{source}: 'betas' must be two numbers in [0, 1), got {cfg.betas}")
     if cfg.weight_decay < 0 or cfg.momentum < 0:
         raise VizkitError(f"{source}: 'weight_decay' and 'momentum' must be 0 or more")
     if len(cfg.mean) != len(cfg.std) or any(s <= 0 for s in cfg.std):

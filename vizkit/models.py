@@ -299,6 +299,21 @@ def net(in_channels: int = 1, image_size: int = 28, num_classes: int = 10) -> nn
     )
 
 
+@register("fast")
+def fast(in_channels: int = 1, image_size: int = 28, num_classes: int = 10) -> nn.Module:
+    """The `fast` recipe's model (train_mnist_fast's): conv(24,k5)-pool-relu-conv(32,k3)-pool-relu-fc256-fc10."""
+    features = [
+        ("conv1", nn.Conv2d(in_channels, 24, 5)),
+        ("pool1", nn.MaxPool2d(2)),
+        ("relu1", nn.ReLU()),
+        ("conv2", nn.Conv2d(24, 32, 3)),
+        ("pool2", nn.MaxPool2d(2)),
+        ("relu2", nn.ReLU()),
+    ]
+    head = lambda w: [("fc1", nn.Linear(w, 256)), ("relu3", nn.ReLU()), ("fc2", nn.Linear(256, num_classes))]  # noqa: E731
+    return _with_head(features, head, in_channels, image_size)
+
+
 @register("mlp")
 def mlp(in_channels: int = 1, image_size: int = 28, num_classes: int = 10) -> nn.Module:
     """Recipe 002: MLP 784-300-100-10 with BatchNorm1d after each hidden layer (logits out, no softmax)."""
