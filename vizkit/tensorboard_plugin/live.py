@@ -19,6 +19,7 @@ from torch import nn
 
 from vizkit.checkpoint import open_checkpoint
 from vizkit.errors import VizkitError
+from vizkit.models import display_name
 from vizkit.probe import Probe, probe
 from vizkit.tiles import to_levels, viridis
 
@@ -50,7 +51,7 @@ def describe(loaded: Loaded) -> dict[str, Any]:
         "ok": True,
         "checkpoint": loaded.checkpoint.name,
         "epoch": ckpt.get("epoch"),
-        "model": str(ckpt.get("model", "")).rpartition(":")[2] or type(loaded.model).__name__,
+        "model": display_name(ckpt.get("model") or "") or type(loaded.model).__name__,
         "classes": list(ckpt["classes"]),
         "input_shape": list(ckpt["input_shape"]),
         "dataset": ckpt.get("dataset"),
