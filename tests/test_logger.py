@@ -1,5 +1,6 @@
 import torch
 
+from vizkit.analysis import histogram, parameter_histograms
 from vizkit.logger import RunLogger, image_epochs
 from vizkit.plots import feature_grid
 
@@ -29,3 +30,34 @@ def test_off_writes_nothing(tmp_path):
     with RunLogger(tmp_path, "off") as logger:
         logger.scalars({"loss/train": 1.0}, 1)
     assert list(tmp_path.iterdir()) == []
+
+
+def test_histogram_of_known_values():
+    h = histogram(torch.tensor([0.0, 1.0, 2.0, 3.0, float("nan"), float("inf")]), buckets=3)
+    # the finite values only; equal-width buckets [0, 1), [1, 2), [2, 3] named by their right edges
+    assert (h.min, h.max, h.num, h.sum, h.sum_squares) == (0.0, 3.0, 4, 6.0, 14.0)
+    assert h.limits == [1.0, 2.0, 3.0] and h.counts == [1.0, 1.0, 2.0]
+    constant = histogram(torch.zeros(5))  # a bias at its initial value: one bucket
+    assert (constant.limits, constant.counts) == ([0.0], [5.0])
+    assert histogram(torch.tensor([float("nan")])) is None
+
+
+def test_parameter_histograms_read_back_with_tensorboard(tmp_path):
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    model = torch.nn.Linear(2, 1)
+    with torch.no_grad():
+        model.weight.copy_(torch.tensor([[-1.0, 3.0]]))
+        model.bias.zero_()
+    model(torch.ones(1, 2)).sum().backward()  # grads: weight [1, 1], bias [1]
+    hists = parameter_histograms(model)
+    assert set(hists) == {"weights/weight", "weights/bias", "grads/weight", "grads/bias"}
+    with RunLogger(tmp_path, "full") as logger:
+        logger.histograms(hists, 4)
+    ea = EventAccumulator(str(tmp_path), size_guidance={"histograms": 0})
+    ea.Reload()
+    (event,) = ea.Histograms("weights/weight")
+    value = event.histogram_value
+    assert event.step == 4 and (value.min, value.max, value.num, value.sum, value.sum_squares) == (-1, 3, 2, 2, 10)
+    assert value.bucket_limit[-1] == 3.0 and sum(value.bucket) == 2 and value.bucket[0] == value.bucket[-1] == 1
+    assert ea.Histograms("grads/bias")[0].histogram_value.bucket == [1.0]

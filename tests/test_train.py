@@ -244,3 +244,17 @@ def test_projector_has_the_embedding(small_run):
     labels = (folder.parent / "metadata.tsv").read_text().strip().splitlines()
     assert len(tensors) == len(labels) == 1000 and len(tensors[0].split("\t")) == 128  # fc1's width
     assert (folder.parent / "sprite.png").is_file()
+
+
+def test_train_loss_is_the_mean_over_images_with_an_uneven_last_batch(data_dir, tmp_path):
+    # 300 images in batches of 128: 128, 128 and 44. With log_every=1 each step's loss is logged as it is,
+    # so the epoch's train loss must be their mean weighted by batch size
+    run = tmp_path / "run"
+    argv = ["--limit-train", "300", "--epochs", "1", "--batch-size", "128", "--log", "scalars"]
+    assert main(argv + ["--data-dir", str(data_dir), "--run-dir", str(run), "--set", "log_every=1"]) == 0
+    steps = accumulator(run / "train").Scalars("Loss/step")
+    assert [e.step for e in steps] == [1, 2, 3]
+    weighted = (128 * steps[0].value + 128 * steps[1].value + 44 * steps[2].value) / 300
+    history = json.loads((run / "metrics.json").read_text())["history"]
+    assert history[0]["train_loss"] == pytest.approx(weighted, rel=1e-6)
+    assert 0 <= history[0]["train_accuracy"] * 300 == pytest.approx(round(history[0]["train_accuracy"] * 300))

@@ -127,6 +127,53 @@ def activation_stats(model: nn.Module, batch: torch.Tensor) -> dict[str, dict[st
 
 
 @dataclass
+class Histogram:
+    """A tensor's distribution as TensorBoard's histogram summary takes it: right edges and counts."""
+
+    min: float
+    max: float
+    num: int
+    sum: float
+    sum_squares: float
+    limits: list[float]  # the right edge of each bucket
+    counts: list[float]
+
+
+HISTOGRAM_BUCKETS = 30  # tf.summary.histogram's default
+
+
+@torch.no_grad()
+def histogram(values: torch.Tensor, buckets: int = HISTOGRAM_BUCKETS) -> Histogram | None:
+    """Equal-width buckets between the finite values' min and max, as tf.summary.histogram makes them; None when
+    no value is finite. torch.histc, where the tensor lives: tensorboardX's add_histogram sorts a numpy copy
+    into 1,549 exponential buckets, 42 ms an epoch for recipe 001's 16 tensors against 7 (profile_epoch.py)."""
+    x = values.detach().flatten().float()
+    x = x[torch.isfinite(x)]
+    if x.numel() == 0:
+        return None
+    lo, hi = x.aminmax()
+    x64 = x.double()
+    head = torch.stack([lo.double(), hi.double(), x64.sum(), x64.square().sum()]).tolist()
+    lo_f, hi_f = head[0], head[1]
+    if lo_f == hi_f:  # one value throughout (a bias at zero): one bucket
+        return Histogram(lo_f, hi_f, x.numel(), head[2], head[3], [hi_f], [float(x.numel())])
+    counts = torch.histc(x, bins=buckets, min=lo_f, max=hi_f).tolist()
+    limits = torch.linspace(lo_f, hi_f, buckets + 1, dtype=torch.float64)[1:].tolist()
+    return Histogram(lo_f, hi_f, x.numel(), head[2], head[3], limits, counts)
+
+
+def parameter_histograms(model: nn.Module) -> dict[str, Histogram]:
+    """`weights/<name>` and `grads/<name>` (the last step's gradient) of every parameter."""
+    out = {}
+    for name, param in model.named_parameters():
+        for tag, tensor in ((f"weights/{name}", param), (f"grads/{name}", param.grad)):
+            h = histogram(tensor) if tensor is not None else None
+            if h is not None:
+                out[tag] = h
+    return out
+
+
+@dataclass
 class LayerRow:
     name: str
     kind: str

@@ -23,6 +23,7 @@ from torch.nn.parallel import DistributedDataParallel
 from tqdm import tqdm
 
 from vizkit import distributed
+from vizkit.allocator import freed_memory_kept
 from vizkit.checkpoint import load_weights
 from vizkit.config import TrainConfig
 from vizkit.data import Dataset, Split, batches, num_batches
@@ -151,19 +152,17 @@ def train_one_epoch(loop: Loop, split: Split, epoch: int, bar: tqdm) -> EpochRes
     loop.trainer.train()
     start = time.perf_counter()
     device = split.labels.device
-    # Sums stay on the device and are read once per log interval: a .item() per step would sync every step.
-    loss_sum = torch.zeros((), device=device)
-    correct = torch.zeros((), device=device, dtype=torch.int64)
-    interval_loss = torch.zeros((), device=device)
-    bad_step = torch.zeros((), device=device, dtype=torch.int64)  # first step whose loss was NaN or inf
-    interval_n = 0
-    seen = 0
-    step = (epoch - 1) * loop.steps_per_epoch
-    layout = loop.layout
     per_rank = max(1, cfg.batch_size // d.world)  # --batch-size is the global batch
+    # Each step's loss and hits go into a slot here, on the device, and are read once per log interval: a
+    # .item() per step would sync every step, and running sums cost a dozen small ops per step (profile_epoch.py)
+    losses = torch.zeros(num_batches(split, per_rank, d.world), device=device)
+    hits = torch.zeros(len(losses), device=device, dtype=torch.int64)
+    sizes: list[int] = []
+    first = (epoch - 1) * loop.steps_per_epoch  # the global step before this epoch's first
+    logged = 0  # steps of this epoch already in a logged interval
     for x, y in batches(
         split, per_rank, *loop.norm, shuffle=True, generator=loop.generator, augment=cfg.augment,
-        memory_format=layout, shard=(d.rank, d.world),
+        memory_format=loop.layout, shard=(d.rank, d.world),
     ):  # fmt: skip
         if distributed.any_rank(d, loop.stop.signum is not None, device):
             raise Interrupted(loop.stop.signum or signal.SIGTERM)
@@ -174,43 +173,41 @@ def train_one_epoch(loop: Loop, split: Split, epoch: int, bar: tqdm) -> EpochRes
         loop.optimizer.step()
         if loop.scheduler is not None and loop.per_batch:
             loop.scheduler.step()
-        step += 1
-        seen += len(y)
-        batch_loss = loss.detach()
-        loss_sum += batch_loss * len(y)
-        correct += (logits.detach().argmax(1) == y).sum()
-        interval_loss += batch_loss
-        bad_step = torch.where((bad_step == 0) & ~torch.isfinite(batch_loss), step, bad_step)
-        interval_n += 1
-        if step % cfg.log_every == 0:
-            check_finite(loop, bad_step, batch_loss, epoch)
-            mean_loss = (interval_loss / interval_n).item()
+        i = len(sizes)
+        losses[i] = loss.detach()
+        hits[i] = (logits.detach().argmax(1) == y).sum()
+        sizes.append(len(y))
+        if (first + i + 1) % cfg.log_every == 0:
+            check_finite(loop, losses[: i + 1], first, epoch)
+            mean_loss = losses[logged : i + 1].mean().item()
             if loop.run is not None:
-                loop.run.step_loss(mean_loss, step)
-            bar.set_postfix(loss=f"{mean_loss:.4f}", acc=f"{100 * correct.item() / seen:.2f}%")
-            interval_loss.zero_()
-            interval_n = 0
+                loop.run.step_loss(mean_loss, first + i + 1)
+            bar.set_postfix(loss=f"{mean_loss:.4f}", acc=f"{100 * hits[: i + 1].sum().item() / sum(sizes):.2f}%")
+            logged = i + 1
         bar.update(1)
-    check_finite(loop, bad_step, loss_sum, epoch)
+    steps = len(sizes)
+    check_finite(loop, losses[:steps], first, epoch)
+    loss_sum = (losses[:steps].double() * torch.tensor(sizes, device=device, dtype=torch.float64)).sum()
     if device.type == "cuda":
         torch.cuda.synchronize()
     seconds = time.perf_counter() - start
-    totals = distributed.all_sum(
-        d, torch.stack([loss_sum.double(), correct.double(), torch.tensor(seen, device=device).double()])
-    )
+    seen = torch.tensor(sum(sizes), device=device, dtype=torch.float64)
+    totals = distributed.all_sum(d, torch.stack([loss_sum, hits[:steps].sum().double(), seen]))
     return EpochResult(float(totals[0] / totals[2]), float(totals[1] / totals[2]), seconds, int(totals[2]))
 
 
-def check_finite(loop: Loop, bad_step: torch.Tensor, value: torch.Tensor, epoch: int) -> None:
-    """Stop on a NaN or infinite loss, naming the step and the learning rate; last.pth stays as it was."""
-    first_bad = int(bad_step.item())
-    if first_bad:
-        kind = "NaN" if torch.isnan(value).item() else "infinite"
+def check_finite(loop: Loop, losses: torch.Tensor, first: int, epoch: int) -> None:
+    """Stop on a NaN or infinite loss, naming the step and the learning rate; last.pth stays as it was.
+    `losses` are this epoch's steps so far; `first` is the global step before the first of them."""
+    bad = (~torch.isfinite(losses)).nonzero()
+    if len(bad):
+        k = int(bad[0])
+        kind = "NaN" if torch.isnan(losses[k]).item() else "infinite"
         lr = loop.optimizer.param_groups[0]["lr"]
         kept = f"{loop.run_dir / 'last.pth'} keeps epoch {epoch - 1}" if epoch > 1 else "no epoch was finished"
         raise VizkitError(
-            f"the loss became {kind} at step {first_bad} (epoch {epoch}, lr {lr:.3g}); training stopped and {kept}. "
-            "Lower --lr (or check the data) and train again"
+            f"the loss became {kind} at step {first + k + 1} (epoch {epoch}, lr {lr:.3g}); training stopped and "
+            f"{kept}. Lower --lr (or check the data) and train again"
         )
 
 
@@ -261,6 +258,35 @@ def restore(loop: Loop, ckpt: dict[str, Any]) -> int:
     return ckpt["epoch"] + 1
 
 
+def train_epochs(loop: Loop, train: Split, val: Split, start_epoch: int) -> None:
+    """Epochs start_epoch..cfg.epochs: each trained, validated and (on rank 0) reported to the Run."""
+    cfg, d = loop.cfg, loop.dist
+    for epoch in range(start_epoch, cfg.epochs + 1):
+        epoch_start = time.perf_counter()
+        lr = loop.optimizer.param_groups[0]["lr"]
+        desc = f"epoch {epoch}/{cfg.epochs}"
+        with tqdm(
+            total=loop.steps_per_epoch, desc=desc, unit="batch", leave=False, disable=None if d.main else True
+        ) as bar:
+            result = train_one_epoch(loop, train, epoch, bar)
+        if loop.scheduler is not None and not loop.per_batch:
+            loop.scheduler.step()
+        val_loss, val_acc = evaluate(loop.model, val, cfg.eval_batch_size, loop.norm, d, loop.layout)
+        if loop.run is None:
+            continue
+        loop.run.epoch(
+            epoch, train_loss=result.loss, train_accuracy=result.accuracy, val_loss=val_loss,
+            val_accuracy=val_acc, lr=lr, seconds=result.seconds, images_per_second=result.images / result.seconds,
+            started=epoch_start, resume=resume_state(loop),
+        )  # fmt: skip
+        print(
+            f"{desc}: train loss {result.loss:.4f} acc {100 * result.accuracy:.2f}% | "
+            f"val loss {val_loss:.4f} acc {100 * val_acc:.2f}% | "
+            f"{result.seconds:.1f} s, {result.images / result.seconds:.0f} img/s",
+            flush=True,
+        )
+
+
 def fit(
     cfg: TrainConfig,
     data: Dataset,
@@ -307,30 +333,8 @@ def fit(
         elif loop.run is not None:
             print(loop.run.summary)
             loop.run.samples(train.images[:20].cpu(), train.labels[:20].cpu())
-        for epoch in range(start_epoch, cfg.epochs + 1):
-            epoch_start = time.perf_counter()
-            lr = optimizer.param_groups[0]["lr"]
-            desc = f"epoch {epoch}/{cfg.epochs}"
-            with tqdm(
-                total=steps_per_epoch, desc=desc, unit="batch", leave=False, disable=None if d.main else True
-            ) as bar:
-                result = train_one_epoch(loop, train, epoch, bar)
-            if scheduler is not None and not per_batch:
-                scheduler.step()
-            val_loss, val_acc = evaluate(model, val, cfg.eval_batch_size, norm, d, layout)
-            if loop.run is None:
-                continue
-            loop.run.epoch(
-                epoch, train_loss=result.loss, train_accuracy=result.accuracy, val_loss=val_loss,
-                val_accuracy=val_acc, lr=lr, seconds=result.seconds, images_per_second=result.images / result.seconds,
-                started=epoch_start, resume=resume_state(loop),
-            )  # fmt: skip
-            print(
-                f"{desc}: train loss {result.loss:.4f} acc {100 * result.accuracy:.2f}% | "
-                f"val loss {val_loss:.4f} acc {100 * val_acc:.2f}% | "
-                f"{result.seconds:.1f} s, {result.images / result.seconds:.0f} img/s",
-                flush=True,
-            )
+        with freed_memory_kept():  # the first epoch as fast as the others (allocator.py)
+            train_epochs(loop, train, val, start_epoch)
         if loop.run is None:
             return None
         # The final numbers come from the best epoch's weights (by validation accuracy), on rank 0 alone,

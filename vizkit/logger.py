@@ -23,7 +23,7 @@ from tensorboardX import SummaryWriter
 from tensorboardX.proto.summary_pb2 import Summary, SummaryMetadata
 from torch import nn
 
-from vizkit.analysis import Predictions
+from vizkit.analysis import Histogram, Predictions
 from vizkit.hooks import modes_kept
 from vizkit.plots import samples_figure
 from vizkit.tiles import layer_image
@@ -131,14 +131,13 @@ class RunLogger:
                 title = f"{name}: {c} channels, {h}x{w}, before activation"
                 self.writer.add_image(f"features/{name}", layer_image(activation[0], title), epoch, dataformats="HWC")
 
-    def histograms(self, model: nn.Module, epoch: int) -> None:  # reads parameters; runs nothing
-        """Weights and (the last step's) gradients of every parameter."""
-        if not self.full:
-            return
-        for name, param in model.named_parameters():
-            self.writer.add_histogram(f"weights/{name}", param.detach().cpu(), epoch)
-            if param.grad is not None:
-                self.writer.add_histogram(f"grads/{name}", param.grad.detach().cpu(), epoch)
+    def histograms(self, histograms: dict[str, Histogram], epoch: int) -> None:
+        """Weights and (the last step's) gradients of every parameter (analysis.parameter_histograms)."""
+        if self.full:
+            for tag, h in histograms.items():
+                self.writer.add_histogram_raw(
+                    tag, h.min, h.max, h.num, h.sum, h.sum_squares, h.limits, h.counts, global_step=epoch
+                )
 
     def hparams(self, params: dict[str, object], metrics: dict[str, float]) -> None:
         """hparams in this run's own event log (add_hparams would open a new subfolder per call), with model,

@@ -37,6 +37,7 @@ from vizkit.analysis import (
     layer_outputs,
     model_device,
     model_summary,
+    parameter_histograms,
     per_class_accuracy,
     predict,
     top_losses,
@@ -306,7 +307,8 @@ class Run:
                 self.logger.split_scalars(split, {tag: row[key]}, epoch)
         if self.convs and self.logger.wants_images(epoch):
             self.logger.feature_maps(layer_outputs(self.model, self.convs, self.sample[:1]), epoch)
-        self.logger.histograms(self.model, epoch)
+        if self.logger.full:
+            self.logger.histograms(parameter_histograms(self.model), epoch)
         if self.relus and self.logger.full:
             self.logger.activations(activation_stats(self.model, self.stats_sample), epoch)
         if started is not None:  # training + validation + logging: what an epoch costs the person waiting
