@@ -1,34 +1,37 @@
 """Keep freed memory in the process while training, so every step does not pay for fresh pages.
 
 glibc's malloc serves each block over 128 KiB with its own mmap and gives it back on free; it raises that
-threshold only when such a block is freed, and trims the heap again whenever its free top passes twice the
-threshold. A training step allocates and frees tens of MB of activations, so until something allocates a
-larger block (the first validation pass, 1000 images at a time) each step faults every page back in: on 2
-cores the default model's first epoch took 5,200 page faults a step and ran about 20% slower than the second
-(experiments/profile_epoch.py). Fixed thresholds put the blocks on the heap from the first step.
+threshold only when such a block is freed (up to 32 MiB), and trims the heap again whenever its free top
+passes twice the threshold. A training step allocates and frees tens of MB of activations, so until something
+allocates a larger block (the first validation pass, 1000 images at a time) each step faults every page back
+in: on 2 cores the default model's first epoch took 5,200 page faults a step and ran about 20% slower than the
+second (experiments/profile_epoch.py). Fixed thresholds put the blocks on the heap from the first step.
 """
 
 from __future__ import annotations
 
 import ctypes
-import ctypes.util
 import platform
 from collections.abc import Iterator
 from contextlib import contextmanager
+from functools import cache
 
 M_TRIM_THRESHOLD = -1  # glibc's mallopt parameters (malloc.h)
 M_MMAP_THRESHOLD = -3
 MMAP_THRESHOLD = 256 << 20  # blocks under it come from the heap (every activation of the zoo at batch 1000)
-FALLBACK_MMAP_THRESHOLD = 32 << 20  # older glibc refuses more than this
 TRIM_THRESHOLD = 512 << 20  # free heap kept before any is given back
-DEFAULT_THRESHOLD = 128 << 10  # glibc's starting value of both
+# glibc's own ceiling: where its self-adjusting thresholds end up once large blocks have come and gone, and the
+# most an older glibc accepts. Any mallopt call stops the adjusting for good, so this is what comes after.
+CEILING_MMAP_THRESHOLD = 32 << 20
+CEILING_TRIM_THRESHOLD = 64 << 20
 
 
+@cache
 def _libc() -> ctypes.CDLL | None:
     if platform.system() != "Linux" or platform.libc_ver()[0] != "glibc":
         return None
     try:
-        return ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
+        return ctypes.CDLL("libc.so.6")
     except OSError:
         return None
 
@@ -39,17 +42,17 @@ def keep_freed_memory() -> bool:
     if libc is None:
         return False
     if not libc.mallopt(M_MMAP_THRESHOLD, MMAP_THRESHOLD):
-        libc.mallopt(M_MMAP_THRESHOLD, FALLBACK_MMAP_THRESHOLD)
+        libc.mallopt(M_MMAP_THRESHOLD, CEILING_MMAP_THRESHOLD)
     return bool(libc.mallopt(M_TRIM_THRESHOLD, TRIM_THRESHOLD))
 
 
 def give_back_freed_memory() -> None:
-    """glibc's starting thresholds again, and the free heap returned to the system: what comes after training
-    (the test pass, the ONNX export) allocates once, and a kept heap would only add to the peak."""
+    """The free heap back to the system, and glibc's ceiling thresholds from here on: what comes after training
+    (the test pass, the ONNX export) then holds no more memory than glibc itself would let it."""
     libc = _libc()
     if libc is not None:
-        libc.mallopt(M_MMAP_THRESHOLD, DEFAULT_THRESHOLD)
-        libc.mallopt(M_TRIM_THRESHOLD, DEFAULT_THRESHOLD)
+        libc.mallopt(M_MMAP_THRESHOLD, CEILING_MMAP_THRESHOLD)
+        libc.mallopt(M_TRIM_THRESHOLD, CEILING_TRIM_THRESHOLD)
         libc.malloc_trim(0)
 
 
