@@ -4,8 +4,8 @@ glibc's malloc serves each block over 128 KiB with its own mmap and gives it bac
 threshold only when such a block is freed (up to 32 MiB), and trims the heap again whenever its free top
 passes twice the threshold. A training step allocates and frees tens of MB of activations, so until something
 allocates a larger block (the first validation pass, 1000 images at a time) each step faults every page back
-in: on 2 cores the default model's first epoch took 5,200 page faults a step and ran about 20% slower than the
-second (experiments/profile_epoch.py). Fixed thresholds put the blocks on the heap from the first step.
+in: on 2 cores the default model's first epoch took 2,600 to 5,000 page faults a step and ran 20 to 45% slower
+than the second (experiments/profile_epoch.py). Fixed thresholds put the blocks on the heap from the first step.
 """
 
 from __future__ import annotations
@@ -20,8 +20,9 @@ M_TRIM_THRESHOLD = -1  # glibc's mallopt parameters (malloc.h)
 M_MMAP_THRESHOLD = -3
 MMAP_THRESHOLD = 256 << 20  # blocks under it come from the heap (every activation of the zoo at batch 1000)
 TRIM_THRESHOLD = 512 << 20  # free heap kept before any is given back
-# glibc's own ceiling: where its self-adjusting thresholds end up once large blocks have come and gone, and the
-# most an older glibc accepts. Any mallopt call stops the adjusting for good, so this is what comes after.
+# glibc's own ceiling: where its self-adjusting thresholds end up once large blocks have come and gone (and, we
+# understand, the most some older versions accept). Any mallopt call stops the adjusting for good, so this is
+# what comes after training.
 CEILING_MMAP_THRESHOLD = 32 << 20
 CEILING_TRIM_THRESHOLD = 64 << 20
 
