@@ -1,6 +1,6 @@
 """Benchmark: the tutorial's training loop against vizkit's runner, side by side, on this machine.
 
-    python experiments/bench.py                 # about 5 minutes on 2 cores; writes experiments/results/
+    python experiments/bench.py                 # about 15 minutes on 2 cores; writes experiments/results/
     python experiments/bench.py --repeats 5
     python experiments/bench.py --smoke         # one batch of each, to check the script still runs
 
@@ -16,9 +16,9 @@ Variants, each in its own process so peak memory is its own:
   g  pytorch/examples' mnist/main.py loop (its Net, Adadelta lr 1.0, StepLR gamma 0.7, batch 64, the 60,000
      training images) with the test set evaluated after each epoch, until 99.0% or 5 epochs; the evaluation
      is not charged to its training time. `--only fast` runs f and g alone (about 8 minutes), `--only recipes`
-     a to e alone (about 6 minutes).
-  GPU: the fast recipe and the default recipe on CUDA, when this machine has a CUDA device; otherwise the row
-     says so and holds no figure.
+     a to e alone (about 8 minutes).
+  GPU: a row naming the CUDA device or saying there is none. No GPU variant is written yet (no GPU has been
+     lent to this project to run one), so the row holds no figure either way.
 Epoch time is the whole epoch: training, validation, logging and checkpoints (the tutorial's is training only,
 which favours the baseline). a, b, c and d run interleaved, --repeats times; the ratios b/a and c/b are the
 medians of each repeat's own ratio (the runs of one repeat are seconds apart, so this VM's drift, 20% within
