@@ -1,7 +1,7 @@
 """Benchmark: the tutorial's training loop against vizkit's runner, side by side, on this machine.
 
     python experiments/bench.py                 # about 15 minutes on 2 cores; writes experiments/results/
-    python experiments/bench.py --repeats 9       # more repeats, for a tighter median
+    python experiments/bench.py --repeats 9     # more repeats, for a tighter median
     python experiments/bench.py --smoke         # one batch of each, to check the script still runs
 
 Variants, each in its own process so peak memory is its own:
