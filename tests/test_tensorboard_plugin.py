@@ -215,8 +215,9 @@ def assert_conv1_drawn(frame, response) -> None:  # noqa: ANN001
             assert pixel.tolist() == lut[3 * level : 3 * level + 3].tolist(), (channel, r, c)
 
 
-def test_the_tab_in_a_real_browser(tensorboard, data_dir):
-    """Draw a 7 stroke by stroke, pick a test image, drop a photo; every request stays on 127.0.0.1."""
+def test_the_tab_in_a_real_browser(tensorboard, logdir, data_dir):
+    """Draw a 7 stroke by stroke, pick a test image, drop a photo; every request stays on 127.0.0.1. Runs
+    started after the page opened join the list, and a run waiting for its first epoch opens once it has one."""
     from vizkit.data import load_test_split
 
     base, log = tensorboard
@@ -288,6 +289,27 @@ def test_the_tab_in_a_real_browser(tensorboard, data_dir):
         frame.locator("#run").select_option("edited")
         frame.locator("#status.error").wait_for(timeout=30_000)
         assert "has changed since training" in frame.locator("#status").inner_text()
+
+        run_list = frame.locator("#run")
+        try:
+            (logdir / "later").mkdir()
+            shutil.copy2(logdir / "mnist" / "best.pth", logdir / "later")
+            write_events(logdir / "waiting")  # training has started, its first epoch has not ended
+            run_list.evaluate("s => s.blur()")
+            run_list.focus()  # the person opens the list
+            frame.locator("#run option[value=later]").wait_for(state="attached", timeout=10_000)
+            assert frame.locator("#run option[value=waiting]").inner_text() == "waiting (no checkpoint)"
+            run_list.select_option("waiting")
+            frame.locator("#status.error").filter(has_text="no best.pth").wait_for(timeout=30_000)
+            shutil.copy2(logdir / "mnist" / "best.pth", logdir / "waiting")  # its first epoch ends
+            run_list.evaluate("s => s.blur()")
+            run_list.focus()
+            frame.locator("#status:not(.error)").filter(has_text="from waiting/best.pth").wait_for(timeout=30_000)
+            assert frame.locator("#run option[value=waiting]").inner_text() == "waiting"
+            assert run_list.evaluate("s => s.value") == "waiting"  # the person's choice stays chosen
+        finally:
+            shutil.rmtree(logdir / "later", ignore_errors=True)
+            shutil.rmtree(logdir / "waiting", ignore_errors=True)
         browser.close()
     assert hosts == {urllib.parse.urlsplit(base).netloc}, hosts  # nothing but TensorBoard's own server
     assert "Traceback" not in log.read_text()

@@ -36,6 +36,8 @@ const STYLE = `
   .hint { color: #757575; font-size: 12px; }
 `;
 
+const RUNS_EVERY_MS = 30000;  // TensorBoard's own reload period
+
 const state = {run: null, model: null, lut: null, source: 'test', index: 0, photo: null, target: null,
                busy: false, again: false, strokes: [], penWidth: 18};
 
@@ -90,20 +92,35 @@ export async function render() {
     </main>
     <section id="layers"></section>`;
   wireInputs();
+  const select = byId('run');
+  select.addEventListener('change', () => openRun(select.value));
+  // a run trained after this page opened shows up: on TensorBoard's own reload period, and when the list is
+  // about to be opened
+  select.addEventListener('focus', () => refreshRuns());
+  setInterval(refreshRuns, RUNS_EVERY_MS);
+  await refreshRuns();
+}
+
+async function refreshRuns() {
   const listing = await getJSON('./runs');
   if (!listing.runs) return setStatus(listing.reason, true);
   const select = byId('run');
-  for (const {run, checkpoint} of listing.runs) {
-    const option = new Option(checkpoint ? run : `${run} (no checkpoint)`, run);
-    select.appendChild(option);
+  const label = ({run, checkpoint}) => checkpoint ? run : `${run} (no checkpoint)`;
+  const before = new Map([...select.options].map((o) => [o.value, o.text]));
+  if (listing.runs.map(label).join('\n') !== [...before.values()].join('\n')) {
+    select.replaceChildren(...listing.runs.map((r) => new Option(label(r), r.run)));
+    select.value = state.run ?? '';
   }
   if (!listing.runs.length) {
     return setStatus(`No runs under ${listing.logdir}: train one with python -m vizkit.train`, true);
   }
+  const opened = listing.runs.find((r) => r.run === state.run);
+  if (opened) {  // open it again only if its first checkpoint has been written since
+    return opened.checkpoint && before.get(opened.run) !== opened.run ? openRun(opened.run) : undefined;
+  }
   const withCheckpoint = listing.runs.filter((r) => r.checkpoint);
   select.value = (withCheckpoint.length ? withCheckpoint : listing.runs).at(-1).run;  // the newest run
-  select.addEventListener('change', () => openRun(select.value));
-  await openRun(select.value);
+  return openRun(select.value);
 }
 
 function byId(id) { return document.getElementById(id); }
