@@ -282,10 +282,13 @@ def options_part(data_dir: str, smoke: bool) -> dict:
         "flush denormals": ({}, "not checked"),
         "bf16 autocast": ({}, "changed: bf16 convolutions"),
         "one thread": ({}, "not checked"),
+        "NCHW in place of NHWC": ({}, "not checked"),
+        "PyTorch's own convolutions (oneDNN off)": ({}, "not checked"),
     }
+    own_layout = {"NCHW in place of NHWC": torch.contiguous_format}
     state = {}
     for name, (kw, _) in variants.items():
-        model = copy.deepcopy(base)
+        model = copy.deepcopy(base).to(memory_format=own_layout.get(name, layout))
         opt = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.5, **kw)
         gen = torch.Generator().manual_seed(0)
         state[name] = {"model": model, "opt": opt, "gen": gen, "seconds": 0.0, "steps": 0, "it": None}
@@ -300,13 +303,15 @@ def options_part(data_dir: str, smoke: bool) -> dict:
             torch.set_flush_denormal(name == "flush denormals")
             torch.set_num_threads(1 if name == "one thread" else threads)
             if s["it"] is None:
-                s["it"] = batches(data.train, 64, *NORM, shuffle=True, generator=s["gen"], memory_format=layout)
+                s["it"] = batches(data.train, 64, *NORM, shuffle=True, generator=s["gen"],
+                                  memory_format=own_layout.get(name, layout))  # fmt: skip
             sums = [
                 torch.zeros(()),
                 torch.zeros((), dtype=torch.int64),
                 torch.zeros(()),
                 torch.zeros((), dtype=torch.int64),
             ]
+            torch.backends.mkldnn.enabled = not name.startswith("PyTorch's own")
             start = time.perf_counter()
             for i in range(block):
                 x, y = next(s["it"])
@@ -329,6 +334,7 @@ def options_part(data_dir: str, smoke: bool) -> dict:
             s["steps"] += block
     torch.set_flush_denormal(False)
     torch.set_num_threads(threads)
+    torch.backends.mkldnn.enabled = True
     reference = state[next(iter(variants))]
     ref_ms = 1000 * reference["seconds"] / reference["steps"]
     out = {}

@@ -18,14 +18,22 @@ def smoke(script: str, out: Path, data_dir: Path) -> tuple[dict, str]:
 
 def test_bench_smoke(tmp_path, data_dir):
     report, stdout = smoke("bench.py", tmp_path / "bench.json", data_dir)
-    assert set(report["medians"]) == {"a_tutorial", "b_vizkit_log_off", "c_vizkit_log_full", "d_inference"}
+    assert set(report["medians"]) == {
+        "a_tutorial", "b_vizkit_log_off", "c_vizkit_log_full", "d_inference", "k_model_kernels"
+    }  # fmt: skip
     assert report["machine"]["cores"] >= 1 and report["machine"]["torch"]
     # same model, seed and recipe: the tutorial loop and vizkit's runner start from the same weights
     assert report["medians"]["a_tutorial"]["test_accuracy"] > 0
-    assert set(report["ratios"]) >= {"b_over_a_epoch_seconds", "c_over_b_epoch_seconds"}
-    assert "b/a <= 0.25" in stdout and "c/b <= 1.02" in stdout
+    assert set(report["ratios"]) >= {"b_over_a_epoch_seconds", "c_over_b_epoch_seconds", "k_over_a_epoch_seconds"}
+    assert "b/a <= 0.25" in stdout and "c/b <= 1.02" in stdout and "c/b <= 1.02, steps taken as equal" in stdout
+    # one batch: the model's kernels alone (k) run one step, and the runs report what was not training steps
+    assert report["medians"]["k_model_kernels"]["steps"] == 1
+    for variant in ("b_vizkit_log_off", "c_vizkit_log_full"):
+        assert 0 < report["medians"][variant]["outside_steps_seconds"] < report["medians"][variant]["epoch_seconds"]
     # the default recipe, once, over two epochs of one batch: its first epoch against the later one
     assert len(report["default_recipe_runs"]) == 1 and report["ratios"]["default_first_over_later_epochs"] > 0
+    warm = report["default_recipe_one_time_costs"]  # w: one step of one batch, so nothing is paid only once
+    assert len(warm["runs"]) == 1 and warm["medians"]["first_step_ms"] > 0 and warm["medians"]["one_time_seconds"] == 0
     assert report["gpu"]["note"]  # a GPU figure, or why there is none
     fast = report["fast_recipe"]  # f and g: the fast recipe over the seeds, and pytorch/examples' loop
     assert fast["summary"]["seeds"] == 1 and len(fast["runs"]) == 1 and fast["pytorch_examples"]["epochs"]
@@ -46,3 +54,5 @@ def test_profile_epoch_smoke(tmp_path, data_dir):
     assert "histograms" not in report["epoch-off"]["seconds_by_part"]  # --log off computes none of it
     assert report["first-kept"]["keep_freed_memory"] is True and report["first-default"]["keep_freed_memory"] is None
     assert "torch.compile (inductor)" in report["options"] and "top operators" in stdout
+    for option in ("NCHW in place of NHWC", "PyTorch's own convolutions (oneDNN off)"):
+        assert report["options"][option]["ms_per_step"] > 0, option
