@@ -295,15 +295,14 @@ def test_the_tab_in_a_real_browser(tensorboard, logdir, data_dir):
             (logdir / "later").mkdir()
             shutil.copy2(logdir / "mnist" / "best.pth", logdir / "later")
             write_events(logdir / "waiting")  # training has started, its first epoch has not ended
-            run_list.evaluate("s => s.blur()")
-            run_list.focus()  # the person opens the list
+            run_list.dispatch_event("pointerdown")  # the person reaches for the list
             frame.locator("#run option[value=later]").wait_for(state="attached", timeout=10_000)
+            assert run_list.evaluate("s => s.value") == "edited"  # a new run does not take the person's choice
             assert frame.locator("#run option[value=waiting]").inner_text() == "waiting (no checkpoint)"
             run_list.select_option("waiting")
             frame.locator("#status.error").filter(has_text="no best.pth").wait_for(timeout=30_000)
             shutil.copy2(logdir / "mnist" / "best.pth", logdir / "waiting")  # its first epoch ends
-            run_list.evaluate("s => s.blur()")
-            run_list.focus()
+            run_list.dispatch_event("pointerdown")
             frame.locator("#status:not(.error)").filter(has_text="from waiting/best.pth").wait_for(timeout=30_000)
             assert frame.locator("#run option[value=waiting]").inner_text() == "waiting"
             assert run_list.evaluate("s => s.value") == "waiting"  # the person's choice stays chosen

@@ -39,7 +39,7 @@ const STYLE = `
 const RUNS_EVERY_MS = 30000;  // TensorBoard's own reload period
 
 const state = {run: null, model: null, lut: null, source: 'test', index: 0, photo: null, target: null,
-               busy: false, again: false, strokes: [], penWidth: 18};
+               busy: false, again: false, strokes: [], penWidth: 18, listings: 0, unreachable: false};
 
 export async function render() {
   const style = document.createElement('style');
@@ -94,16 +94,23 @@ export async function render() {
   wireInputs();
   const select = byId('run');
   select.addEventListener('change', () => openRun(select.value));
-  // a run trained after this page opened shows up: on TensorBoard's own reload period, and when the list is
-  // about to be opened
-  select.addEventListener('focus', () => refreshRuns());
+  // a run trained after this page opened shows up: on TensorBoard's own reload period, and when the person
+  // reaches for the list (the answer may come while it is open)
+  for (const event of ['pointerdown', 'focus']) select.addEventListener(event, () => refreshRuns());
   setInterval(refreshRuns, RUNS_EVERY_MS);
   await refreshRuns();
 }
 
 async function refreshRuns() {
+  const asked = ++state.listings;
   const listing = await getJSON('./runs');
-  if (!listing.runs) return setStatus(listing.reason, true);
+  if (asked !== state.listings) return;  // a newer listing is on its way: it decides, whatever arrives first
+  if (!listing.runs) {
+    state.unreachable = true;
+    return setStatus(listing.reason, true);
+  }
+  const recovered = state.unreachable;  // the status line still says TensorBoard did not answer
+  state.unreachable = false;
   const select = byId('run');
   const label = ({run, checkpoint}) => checkpoint ? run : `${run} (no checkpoint)`;
   const before = new Map([...select.options].map((o) => [o.value, o.text]));
@@ -115,8 +122,9 @@ async function refreshRuns() {
     return setStatus(`No runs under ${listing.logdir}: train one with python -m vizkit.train`, true);
   }
   const opened = listing.runs.find((r) => r.run === state.run);
-  if (opened) {  // open it again only if its first checkpoint has been written since
-    return opened.checkpoint && before.get(opened.run) !== opened.run ? openRun(opened.run) : undefined;
+  if (opened) {  // open it again if its first checkpoint has been written since, or TensorBoard is back
+    const firstCheckpoint = opened.checkpoint && before.get(opened.run) !== opened.run;
+    return firstCheckpoint || recovered ? openRun(opened.run) : undefined;
   }
   const withCheckpoint = listing.runs.filter((r) => r.checkpoint);
   select.value = (withCheckpoint.length ? withCheckpoint : listing.runs).at(-1).run;  // the newest run
