@@ -11,12 +11,14 @@ Variants, each in its own process so peak memory is its own:
   c  vizkit.train --config 001-net --epochs 1 --log full
   d  inference on b's best epoch: torch eager vs onnxruntime on model.onnx, batch 1 and batch 256
   k  recipe 001's model alone: forward, loss and backward on one fixed batch of 64, an epoch's steps of it,
-     in vizkit's layout. What any eager loop that runs the model as written pays; k/a above 0.25 means b/a
-     cannot reach 0.25 without replacing PyTorch's kernels or the model
+     in vizkit's layout (NHWC and oneDNN, the faster of those profile_epoch.py measures). What an eager loop
+     that runs the model as written pays at batch 64; with k/a above 0.25, b/a cannot reach 0.25 without
+     replacing PyTorch's kernels or the model
   e  vizkit.train (the default recipe), --repeats times: test accuracy, seconds of training, the first epoch's
      training time against the median of the later ones, and peak memory
-  w  after each e: the default recipe's one-time costs, what only a first epoch pays (oneDNN builds a kernel
-     for each new shape, the first step touches memory the allocator then keeps), timed step by step
+  w  after each e: the default recipe's first-use costs, which only a first epoch pays (oneDNN creates its
+     kernels for a shape when it first meets it, Adam its state, and memory is touched for the first time),
+     timed step by step on the model, optimizer and batches alone: a lower bound, without the data path
   f  vizkit.train --config fast, seeds 0-4, full logging: test accuracy (mean, min, max) and seconds of training
   g  pytorch/examples' mnist/main.py loop (its Net, Adadelta lr 1.0, StepLR gamma 0.7, batch 64, the 60,000
      training images) with the test set evaluated after each epoch, until 99.0% or 5 epochs; the evaluation
@@ -28,8 +30,8 @@ Epoch time is the whole epoch: training, validation and logging (the tutorial's 
 favours the baseline). a, b, c, d and k run interleaved, --repeats times; the ratios b/a, c/b and k/a are the
 medians of each repeat's own ratio (the runs of one repeat are seconds apart, so this VM's drift, 20% within
 a minute, cancels), with the ratio of the medians beside them. c/b is given twice: whole epochs, and with the
-training steps taken as equal (their code is the same at every --log level), which adds to b's epoch what
-logging added to c's, each run's epoch less its training steps.
+training steps taken as equal (they differ only by the two Loss/step points an epoch that --log full writes),
+which adds to b's epoch what logging added to c's, each run's epoch less its training steps.
 """
 
 from __future__ import annotations
@@ -136,9 +138,10 @@ def kernels(data_dir: str, limit: int) -> dict:
 
 
 def warmup(data_dir: str, limit: int) -> dict:
-    """w: what only the default recipe's first epoch pays. oneDNN builds a kernel the first time it meets a
-    shape (the first full batch, the last, smaller one) and keeps it; the first step also touches the memory
-    the allocator then keeps. Times every step of one epoch, then the last batch once more."""
+    """w: what only the default recipe's first epoch pays, at least. oneDNN creates a kernel the first time it
+    meets a shape (the first full batch, the last, smaller one) and keeps it; Adam creates its state in the
+    first step; memory is touched for the first time. Times every step of one epoch on batches made before
+    the clock starts (no data path, no scheduler), then the last batch once more."""
     import torch
     import torch.nn.functional as F
 
@@ -259,7 +262,7 @@ def runner(
     return {
         **compared,
         "epoch_seconds": statistics.median(h["wall_seconds"] for h in metrics["history"]),
-        # validation, logging: everything of the epoch but its training steps, whose code --log leaves alone
+        # validation and Run.epoch's logging: the epoch less its training steps (checkpoints are saved after)
         "outside_steps_seconds": statistics.median(h["wall_seconds"] - h["seconds"] for h in metrics["history"]),
         "train_seconds_first_epoch": first["seconds"],
         "images_per_second": first["images_per_second"],
@@ -422,7 +425,7 @@ def main(argv: list[str] | None = None) -> int:
             t["epoch_seconds"] / u["epoch_seconds"] for t, u in zip(runs[top], runs[bottom], strict=True)
         )
 
-    # c/b with the training steps taken as equal (their code is the same at every --log level): what logging
+    # c/b with the training steps taken as equal (they differ by two Loss/step points an epoch): what logging
     # adds to the epoch, measured in each run, against b's whole epoch. The whole-epoch ratio above carries
     # the steps' own noise, 0.88 to 1.16 a repeat on this VM, which 5 repeats cannot narrow to 2%.
     added = statistics.median(
@@ -486,8 +489,8 @@ def main(argv: list[str] | None = None) -> int:
     print("\nratios: " + ", ".join(f"{name} = {v:.3f}" for name, v in ratios.items()))
     if ratios["k_over_a_epoch_seconds"] > 0.25:
         print(
-            f"b/a <= 0.25 cannot be met by a runner of this model as written: its own forward and backward "
-            f"alone take {ratios['k_over_a_epoch_seconds']:.3f}x the tutorial's epoch (k/a)"
+            f"b/a <= 0.25 is out of reach of an eager loop of this model at batch 64: its own forward and "
+            f"backward alone take {ratios['k_over_a_epoch_seconds']:.3f}x the tutorial's epoch (k/a)"
         )
     print(
         f"inference ms (torch / onnxruntime): batch 1 {d['torch_batch1_ms']:.3f} / {d['onnxruntime_batch1_ms']:.3f}, "
