@@ -7,7 +7,7 @@ from PIL import Image
 from vizkit.checkpoint import load_checkpoint
 from vizkit.data import load_test_split, normalize
 from vizkit.errors import VizkitError
-from vizkit.preprocess import image_files, load_image, mnist_style, naive
+from vizkit.preprocess import image_files, load_image, mnist_style, naive, prepare
 
 
 def test_output_is_mnist_like():
@@ -45,6 +45,20 @@ def test_gray_light_on_dark_and_small_images_work():
     digit[6:22, 8:20] = 255
     out = mnist_style(Image.fromarray(digit))  # already MNIST-like: light ink on black, 28 x 28
     assert out.max() == pytest.approx(1.0) and out[0].max() == 0
+
+
+def test_non_square_inputs_keep_their_height_and_width():
+    """A model of 20 x 36 inputs: a dark square on paper becomes a 14 px square (20 of 28 of the shorter side),
+    centred by its centre of mass: rows 9.5 - 6.5 = 3 to 16, columns 17.5 - 6.5 = 11 to 24."""
+    page = np.full((60, 100), 230, np.uint8)
+    page[25:45, 30:50] = 20
+    out = prepare(Image.fromarray(page), [1, 20, 36])
+    assert out.shape == (1, 1, 20, 36)
+    expected = torch.zeros(20, 36)
+    expected[3:17, 11:25] = 1.0
+    torch.testing.assert_close(out[0, 0], expected)
+    # colour models take the whole photo, fitted to their height and width
+    assert prepare(Image.fromarray(page).convert("RGB"), [3, 24, 40]).shape == (1, 3, 24, 40)
 
 
 def test_blank_page_is_an_error():

@@ -69,12 +69,14 @@ def image_files(paths: list[str]) -> list[Path]:
     return files
 
 
-def mnist_style(img: Image.Image, size: int = 28, box: int = 20) -> np.ndarray:
-    """A photo of one digit -> (size, size) float32 in [0, 1], light ink on black, as MNIST.
+def mnist_style(img: Image.Image, size: int | tuple[int, int] = 28, box: int = 20) -> np.ndarray:
+    """A photo of one digit -> (size, size) float32 in [0, 1], light ink on black, as MNIST; `size` may be
+    (height, width) for a model of other inputs, with `box` at most the shorter side.
 
     Grayscale; invert when the background is light; remove the background level; crop to the ink; scale
-    the longer side to `box` pixels keeping the aspect ratio; place by centre of mass in size x size.
+    the longer side to `box` pixels keeping the aspect ratio; place by centre of mass in the canvas.
     """
+    height, width = (size, size) if isinstance(size, int) else size
     gray = img.convert("L")
     gray.thumbnail((WORKING_SIDE, WORKING_SIDE), Image.Resampling.LANCZOS)
     a = np.asarray(gray, dtype=np.float32) / 255.0
@@ -102,20 +104,21 @@ def mnist_style(img: Image.Image, size: int = 28, box: int = 20) -> np.ndarray:
     ys, xs = np.indices(digit.shape)
     total = digit.sum()
     cy, cx = (ys * digit).sum() / total, (xs * digit).sum() / total
-    top = int(np.clip(round((size - 1) / 2 - cy), 0, size - new_h))
-    left = int(np.clip(round((size - 1) / 2 - cx), 0, size - new_w))
-    out = np.zeros((size, size), dtype=np.float32)
+    top = int(np.clip(round((height - 1) / 2 - cy), 0, height - new_h))
+    left = int(np.clip(round((width - 1) / 2 - cx), 0, width - new_w))
+    out = np.zeros((height, width), dtype=np.float32)
     out[top : top + new_h, left : left + new_w] = digit
     return out
 
 
 def prepare(img: Image.Image, input_shape: list[int] | tuple[int, ...]) -> torch.Tensor:
     """A photo -> the (1, C, H, W) float tensor of pixels in [0, 1] a model of `input_shape` expects."""
-    channels, size = input_shape[0], input_shape[-1]
-    if channels == 1:
-        return torch.from_numpy(mnist_style(img, size=size, box=round(size * 20 / 28)))[None, None]
+    channels, height, width = input_shape[0], input_shape[-2], input_shape[-1]
+    if channels == 1:  # the digit in MNIST's proportion, 20 of 28, of the shorter side
+        box = round(min(height, width) * 20 / 28)
+        return torch.from_numpy(mnist_style(img, size=(height, width), box=box))[None, None]
     # colour datasets (CIFAR-10) are whole scenes: just fit the photo
-    rgb = img.convert("RGB").resize((size, size), Image.Resampling.LANCZOS)
+    rgb = img.convert("RGB").resize((width, height), Image.Resampling.LANCZOS)
     return torch.from_numpy(np.asarray(rgb, dtype=np.float32) / 255.0).permute(2, 0, 1)[None]
 
 
