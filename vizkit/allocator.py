@@ -4,8 +4,9 @@ glibc's malloc serves each block over 128 KiB with its own mmap and gives it bac
 threshold only when such a block is freed (up to 32 MiB), and trims the heap again whenever its free top
 passes twice the threshold. A training step allocates and frees tens of MB of activations, so until something
 allocates a larger block (the first validation pass, 1000 images at a time) each step faults every page back
-in: on 2 cores the default model's first epoch took 2,600 to 5,000 page faults a step and ran 20 to 45% slower
-than the second (experiments/profile_epoch.py). Fixed thresholds put the blocks on the heap from the first step.
+in: on 2 cores the default model's first epoch took 3,100 to 3,800 page faults a step and ran 4 to 19% slower
+than the second (experiments/results/profile-20261124*.json). Fixed thresholds put the blocks on the heap
+from the first step.
 """
 
 from __future__ import annotations
