@@ -4,10 +4,14 @@
     python experiments/bench_tab.py --smoke       # a few updates, to check the script still runs
 
 1. One update of the tab for the default model (`vizkit`), as the page asks for it: decode and prepare the
-   drawing (a 280 x 280 PNG, as the canvas sends it), the forward pass with every layer captured, Grad-CAM,
-   and the JSON-ready answer. Also a test image and a 1600 x 1200 photo. Median and 90th percentile over
+   drawing (a 280 x 280 PNG, as the canvas sends it), the forward pass with every step of the forward graph
+   captured, Grad-CAM, and the JSON-ready answer. Also a test image and a 1600 x 1200 photo, and a drawing for
+   pytorch/examples' mnist Net (functional F.relu, pooling, log_softmax). Median and 90th percentile over
    --updates, after 5 warm-up updates. The target is at most 50 ms on 2 CPU cores.
-2. TensorBoard's start-up with vizkit installed against without it, side by side (interleaved, in fresh
+2. What the forward graph costs: one forward pass of the default model with every step captured through the
+   traced graph (graph.capture, what the tab does now), against every module captured through hooks
+   (hooks.capture, what it did before, which sees no functional step), interleaved; medians and their ratio.
+3. TensorBoard's start-up with vizkit installed against without it, side by side (interleaved, in fresh
    processes): the seconds until the server answers /data/plugins_listing, and whether torch was imported.
 """
 
@@ -66,34 +70,66 @@ def photo_jpeg() -> str:
     return "data:image/jpeg;base64," + base64.b64encode(buf.getvalue()).decode()
 
 
-def time_updates(data_dir: str, updates: int) -> dict:
+EXAMPLES_NET = """
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+class Net(nn.Module):  # pytorch/examples' mnist/main.py
+    def __init__(self):
+        super(Net, self).__init__()
+        self.conv1 = nn.Conv2d(1, 32, 3, 1)
+        self.conv2 = nn.Conv2d(32, 64, 3, 1)
+        self.dropout1 = nn.Dropout(0.25)
+        self.dropout2 = nn.Dropout(0.5)
+        self.fc1 = nn.Linear(9216, 128)
+        self.fc2 = nn.Linear(128, 10)
+
+    def forward(self, x):
+        x = F.relu(self.conv1(x))
+        x = F.max_pool2d(F.relu(self.conv2(x)), 2)
+        x = torch.flatten(self.dropout1(x), 1)
+        return F.log_softmax(self.fc2(self.dropout2(F.relu(self.fc1(x)))), dim=1)
+"""
+
+
+def checkpoint(folder: Path, spec: str, data_dir: str) -> Path:
     import torch
 
-    from vizkit.checkpoint import save_checkpoint
+    from vizkit.checkpoint import model_fields, save_checkpoint
     from vizkit.models import get_model
-    from vizkit.tensorboard_plugin import live
 
     torch.manual_seed(0)
-    model = get_model("vizkit", 1, 28, 10)
+    path = folder / "best.pth"
+    save_checkpoint(path, get_model(spec, 1, 28, 10), **model_fields(spec), config={"data_dir": data_dir},
+                    classes=[str(i) for i in range(10)], mean=[0.1307], std=[0.3081], input_shape=[1, 28, 28],
+                    dataset="mnist", epoch=1, val_accuracy=None)  # fmt: skip
+    return path
+
+
+def time_updates(data_dir: str, updates: int) -> dict:
+    from vizkit.tensorboard_plugin import live
+
     with tempfile.TemporaryDirectory() as tmp:
-        path = Path(tmp) / "best.pth"
-        save_checkpoint(path, model, model="vizkit", model_args={}, model_source=None, config={"data_dir": data_dir},
-                        classes=[str(i) for i in range(10)], mean=[0.1307], std=[0.3081], input_shape=[1, 28, 28],
-                        dataset="mnist", epoch=1, val_accuracy=None)  # fmt: skip
-        loaded = live.open_run(path)
+        for name in ("default", "examples", "code"):
+            Path(tmp, name).mkdir()
+        Path(tmp, "code", "examples.py").write_text(EXAMPLES_NET)
+        default = live.open_run(checkpoint(Path(tmp, "default"), "vizkit", data_dir))
+        examples = live.open_run(checkpoint(Path(tmp, "examples"), f"{tmp}/code/examples.py:Net", data_dir))
         requests = {
-            "draw": {"source": "draw", "image": drawing_png()},
-            "test": {"source": "test", "index": 0},
-            "photo": {"source": "photo", "image": photo_jpeg()},
+            "draw": (default, {"source": "draw", "image": drawing_png()}),
+            "test": (default, {"source": "test", "index": 0}),
+            "photo": (default, {"source": "photo", "image": photo_jpeg()}),
+            "draw (pytorch/examples Net)": (examples, {"source": "draw", "image": drawing_png()}),
         }
         results = {}
-        for name, request in requests.items():
+        for name, (loaded, request) in requests.items():
             for _ in range(5):  # warm-up: the first passes allocate; the test set is read once
-                live.update(loaded, request, None)
+                live.update(loaded, request)
             times = []
             for _ in range(updates):
                 t0 = time.perf_counter()
-                answer = live.update(loaded, request, None)
+                answer = live.update(loaded, request)
                 times.append(1000 * (time.perf_counter() - t0))
             times.sort()
             results[name] = {
@@ -103,6 +139,40 @@ def time_updates(data_dir: str, updates: int) -> dict:
                 "answer_kb": round(len(json.dumps(answer)) / 1024, 1),
             }
     return results
+
+
+def time_capture(repeats: int) -> dict:
+    """One forward pass of the default model with every step captured: the traced graph against module hooks."""
+    import torch
+
+    from vizkit.graph import capture, forward_graph
+    from vizkit.hooks import capture as capture_modules
+    from vizkit.models import get_model
+
+    torch.manual_seed(0)
+    model = get_model("vizkit", 1, 28, 10).eval()
+    x = torch.rand(1, 1, 28, 28)
+    steps = [s.name for s in forward_graph(model, [1, 28, 28]).steps]
+    modules = [n for n, m in model.named_modules() if n and next(m.children(), None) is None]
+
+    def graph() -> None:
+        with torch.no_grad(), capture(model, steps, [1, 28, 28]):
+            model(x)
+
+    def hooks() -> None:
+        with torch.no_grad(), capture_modules(model, modules):
+            model(x)
+
+    times: dict[str, list[float]] = {"graph": [], "hooks": []}
+    for _ in range(repeats):  # interleaved blocks of 20 passes, so a slow moment of the machine hits both
+        for name, run in (("graph", graph), ("hooks", hooks)):
+            t0 = time.perf_counter()
+            for _ in range(20):
+                run()
+            times[name].append(1e6 * (time.perf_counter() - t0) / 20)
+    medians = {k: round(statistics.median(v), 1) for k, v in times.items()}
+    return {"median_us": medians, "steps": len(steps), "modules": len(modules),
+            "ratio_graph_over_hooks": round(medians["graph"] / medians["hooks"], 3)}  # fmt: skip
 
 
 def time_startup(repeats: int) -> dict:
@@ -140,6 +210,7 @@ def main(argv: list[str] | None = None) -> int:
     import torch
 
     updates = time_updates(args.data_dir, args.updates)
+    captured = time_capture(max(5, args.updates // 4))
     startup = time_startup(args.repeats)
     report = {
         "date": datetime.now().isoformat(timespec="seconds"),
@@ -147,6 +218,7 @@ def main(argv: list[str] | None = None) -> int:
                     "python": platform.python_version(), "processor": platform.processor() or platform.machine()},
         "update": updates,
         "update_target_ms": TARGET_MS,
+        "capture": captured,
         "startup": startup,
     }  # fmt: skip
     out = Path(args.out) if args.out else RESULTS / f"tab-{datetime.now():%Y%m%d}-cpu{os.cpu_count()}.json"
@@ -156,6 +228,9 @@ def main(argv: list[str] | None = None) -> int:
         verdict = "ok" if r["median_ms"] <= TARGET_MS else "OVER"
         print(f"update ({name}): median {r['median_ms']} ms, p90 {r['p90_ms']} ms, {r['layers']} layers, "
               f"{r['answer_kb']} KB  [target <= {TARGET_MS:g} ms: {verdict}]")  # fmt: skip
+    c = captured["median_us"]
+    print(f"every step captured, default model: graph {c['graph']} us ({captured['steps']} steps), hooks "
+          f"{c['hooks']} us ({captured['modules']} modules): ratio {captured['ratio_graph_over_hooks']}")  # fmt: skip
     s = startup["median_seconds"]
     ratio, torch_imported = startup["ratio_with_over_without"], startup["torch_imported_at_start"]
     print(f"tensorboard start-up: {s['without_vizkit']} s without vizkit, {s['with_vizkit']} s with it "

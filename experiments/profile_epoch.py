@@ -70,7 +70,7 @@ def epoch_part(data_dir: str, log: str, smoke: bool) -> dict:
     timed(engine, "evaluate", "validation")
     timed(run.Run, "epoch", "Run.epoch (all of it)")
     timed(run, "save_checkpoint", "checkpoints")
-    timed(run, "layer_outputs", "feature maps")
+    timed(run, "step_outputs", "feature maps")
     timed(RunLogger, "feature_maps", "feature maps")
     timed(run, "parameter_histograms", "histograms")
     timed(RunLogger, "histograms", "histograms")
@@ -92,9 +92,10 @@ def logging_costs(smoke: bool) -> dict:
     import torch.nn.functional as F
     from tensorboardX import SummaryWriter
 
-    from vizkit.analysis import activation_stats, layer_outputs, parameter_histograms
+    from vizkit.analysis import activation_stats, parameter_histograms
+    from vizkit.graph import forward_graph, step_outputs
     from vizkit.logger import RunLogger
-    from vizkit.models import conv_layer_names, get_model
+    from vizkit.models import get_model
 
     torch.manual_seed(0)
     model = get_model("net", 1, 28, 10).to(memory_format=torch.channels_last)
@@ -109,14 +110,14 @@ def logging_costs(smoke: bool) -> dict:
                 writer.add_histogram(f"weights/{name}", param.detach().cpu(), 1)
                 writer.add_histogram(f"grads/{name}", param.grad.detach().cpu(), 1)
 
-        maps = layer_outputs(model, conv_layer_names(model), x[:1])
+        maps = step_outputs(model, forward_graph(model, [1, 28, 28]).names("conv"), x[:1])
         calls = {
             "histograms, before (tensorboardX add_histogram)": old_histograms,
             "histograms, after (torch.histc, add_histogram_raw)": lambda: logger.histograms(
                 parameter_histograms(model), 1
             ),
             "activation statistics (unchanged)": lambda: activation_stats(model, x),
-            "feature maps (unchanged)": lambda: logger.feature_maps(maps, 1),
+            "feature maps (unchanged)": lambda: logger.feature_maps(maps, {}, 1),
         }
         out = {name: median_ms(fn, 3 if smoke else 21) for name, fn in calls.items()}
         writer.close()

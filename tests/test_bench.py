@@ -42,7 +42,11 @@ def test_bench_smoke(tmp_path, data_dir):
 
 def test_bench_tab_smoke(tmp_path, data_dir):
     report, _ = smoke("bench_tab.py", tmp_path / "tab.json", data_dir)
-    assert set(report["update"]) == {"draw", "test", "photo"} and report["update"]["draw"]["layers"] == 15
+    assert set(report["update"]) == {"draw", "test", "photo", "draw (pytorch/examples Net)"}
+    # the default model's 15 drawn steps; pytorch/examples' 9 (its functional ReLUs and pooling among them)
+    assert report["update"]["draw"]["layers"] == 15 and report["update"]["draw (pytorch/examples Net)"]["layers"] == 9
+    capture = report["capture"]  # the traced graph against module hooks, every step of the default model
+    assert capture["steps"] == 18 and capture["modules"] == 18 and capture["ratio_graph_over_hooks"] > 0
     assert report["startup"]["vizkit_tab_listed"] and not report["startup"]["torch_imported_at_start"]
 
 

@@ -61,7 +61,7 @@ def test_attributions_say_something(mnist_run, data_dir):
     "argv, message",
     [
         (["--layer", "conv9"], "no layer named 'conv9'"),
-        (["--layer", "fc1"], "Grad-CAM needs a conv layer and 'fc1' is not one"),
+        (["--layer", "fc1"], "Grad-CAM needs a step with channels of maps and 'fc1' gives 128"),
     ],
 )
 def test_bad_layer_is_one_line(mnist_run, argv, message, capsys):

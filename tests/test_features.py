@@ -33,7 +33,9 @@ def test_conv1_grid_for_a_test_image(small_run, tmp_path, capsys):
 def test_all_layers_have_their_channel_counts(small_run, tmp_path, capsys):
     assert main(["--run", str(small_run), "--layer", "all", "--out", str(tmp_path)]) == 0
     written = sorted(p.name for p in tmp_path.iterdir())
-    assert written == sorted(f"{n}-test-0.png" for n in ("conv1", "conv2", "conv3", "fc1", "fc2"))
+    # every step of forward but the dropouts and the flatten, which show their input again
+    blocks = [f"{kind}{i}" for i in (1, 2, 3) for kind in ("conv", "bn", "relu", "pool")]
+    assert written == sorted(f"{n}-test-0.png" for n in (*blocks, "fc1", "relu4", "fc2"))
     # the tiles are numbered 0..C-1: the figure of a layer of C channels is taller when C is larger
     heights = {n: Image.open(tmp_path / f"{n}-test-0.png").size[1] for n in ("conv1", "conv2", "conv3")}
     assert heights["conv1"] < heights["conv2"] < heights["conv3"]
@@ -42,11 +44,15 @@ def test_all_layers_have_their_channel_counts(small_run, tmp_path, capsys):
 
 def test_channel_count_in_each_title(small_run, tmp_path, capsys):
     from vizkit.checkpoint import load_checkpoint
-    from vizkit.features import drawable_layers, output_shapes
+    from vizkit.graph import forward_graph
 
     model, ckpt = load_checkpoint(small_run / "best.pth")
-    shapes = output_shapes(model, ckpt["input_shape"])
-    assert [shapes[n][0] for n in drawable_layers(model) if len(shapes[n]) == 3] == [16, 32, 64]
+    convs = [s for s in forward_graph(model, ckpt["input_shape"]).steps if s.kind == "conv"]
+    assert [(s.name, s.shape) for s in convs] == [
+        ("conv1", (16, 28, 28)),
+        ("conv2", (32, 14, 14)),
+        ("conv3", (64, 7, 7)),
+    ]
 
 
 def test_own_photo_and_kernels(small_run, data_dir, tmp_path):
@@ -64,7 +70,9 @@ def test_own_photo_and_kernels(small_run, data_dir, tmp_path):
 def test_list_layers(small_run, capsys):
     assert main(["--run", str(small_run), "--list-layers"]) == 0
     lines = capsys.readouterr().out.splitlines()
-    assert any(line.split()[:2] == ["conv1", "Conv2d"] and line.endswith("16 x 28 x 28") for line in lines)
+    assert lines[0].split() == ["step", "kind", "calls", "output", "from"]
+    assert lines[1].split() == ["conv1", "conv", "Conv2d", "16", "x", "28", "x", "28", "input"]
+    assert lines[2].split() == ["bn1", "norm", "BatchNorm2d", "16", "x", "28", "x", "28", "conv1"]
 
 
 def test_tensorboard_gets_the_figures(small_run, tmp_path):

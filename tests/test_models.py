@@ -2,7 +2,8 @@ import pytest
 import torch
 
 from vizkit.errors import VizkitError
-from vizkit.models import conv_layer_names, get_model, list_models
+from vizkit.graph import forward_graph
+from vizkit.models import get_model, list_models
 
 
 @pytest.mark.parametrize("name", list_models())
@@ -26,8 +27,8 @@ def test_unknown_model_lists_names():
 
 @pytest.mark.parametrize("name", [n for n in list_models() if n != "mlp"])
 def test_conv_layers_are_named_for_typing(name):
-    convs = conv_layer_names(get_model(name))
-    assert convs[:2] == ["conv1", "conv2"]
+    model = get_model(name)
+    assert forward_graph(model, [1, 28, 28]).names("conv")[:2] == ["conv1", "conv2"]
 
 
 def test_recipe_001_shape():

@@ -33,6 +33,28 @@ class CNN(nn.Module):  # tutorial 004's model: blocks of conv, ReLU and pool, th
     def forward(self, x):
         return self.out(self.conv2(self.conv1(x)).view(x.size(0), -1))
 """
+EXAMPLES_NET = """
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+class Net(nn.Module):  # pytorch/examples' mnist Net: functional relu, pool, flatten and log_softmax
+    def __init__(self):
+        super(Net, self).__init__()
+        self.conv1 = nn.Conv2d(1, 32, 3, 1)
+        self.conv2 = nn.Conv2d(32, 64, 3, 1)
+        self.dropout1 = nn.Dropout(0.25)
+        self.dropout2 = nn.Dropout(0.5)
+        self.fc1 = nn.Linear(9216, 128)
+        self.fc2 = nn.Linear(128, 10)
+
+    def forward(self, x):
+        x = F.relu(self.conv1(x))
+        x = F.max_pool2d(F.relu(self.conv2(x)), 2)
+        x = torch.flatten(self.dropout1(x), 1)
+        x = self.fc2(self.dropout2(F.relu(self.fc1(x))))
+        return F.log_softmax(x, dim=1)
+"""
 USER_MODEL = f'''
 import pathlib
 import torch.nn as nn
@@ -100,9 +122,16 @@ def logdir(mnist_run: Path, data_dir: Path, tmp_path_factory: pytest.TempPathFac
     save_checkpoint(root / "tutorial-004" / "best.pth", get_model(spec, 1, 28, 10), **model_fields(spec),
                     config={"data_dir": str(data_dir)}, classes=[str(i) for i in range(10)], mean=[0.1307],
                     std=[0.3081], input_shape=[1, 28, 28], dataset="mnist", epoch=1, val_accuracy=0.1)  # fmt: skip
+    (code.parent / "examples.py").write_text(EXAMPLES_NET)
+    (root / "examples").mkdir()
+    spec = f"{code.parent / 'examples.py'}:Net"
+    save_checkpoint(root / "examples" / "best.pth", get_model(spec, 1, 28, 10), **model_fields(spec),
+                    config={}, classes=[str(i) for i in range(10)], mean=[0.1307], std=[0.3081],
+                    input_shape=[1, 28, 28], dataset="mnist", data_dir=str(data_dir), epoch=1,
+                    val_accuracy=0.1)  # fmt: skip
     # the trained run again, trained from a data folder this machine does not have
     ckpt = torch.load(root / "mnist" / "best.pth", weights_only=True)
-    ckpt["config"]["data_dir"] = str(root.parent / "no-data-here")
+    ckpt["config"]["data_dir"] = ckpt["data_dir"] = str(root.parent / "no-data-here")
     (root / "elsewhere-data").mkdir()
     torch.save(ckpt, root / "elsewhere-data" / "best.pth")
     for folder in (code.parent, planted.parent):
@@ -131,6 +160,7 @@ def test_runs_are_found_without_their_sub_runs(logdir):
     assert sorted(find_runs(logdir)) == [
         "edited",
         "elsewhere-data",
+        "examples",
         "mnist",
         "no-checkpoint",
         "planted",
@@ -149,8 +179,10 @@ def test_routes_answer_with_a_model_or_one_line_reason(tensorboard, logdir):
     base, log = tensorboard
     status, listing = api(base, "runs")
     runs = [r["run"] for r in listing["runs"]]
-    assert status == 200 and runs == ["edited", "elsewhere-data", "mnist", "no-checkpoint", "planted", "tutorial-004"]
-    assert [r["checkpoint"] for r in listing["runs"]] == [True, True, True, False, True, True]
+    assert status == 200 and runs == [
+        "edited", "elsewhere-data", "examples", "mnist", "no-checkpoint", "planted", "tutorial-004"
+    ]  # fmt: skip
+    assert [r["checkpoint"] for r in listing["runs"]] == [True, True, True, True, False, True, True]
     _, model = api(base, "model?run=mnist")
     assert model["ok"] and model["classes"] == [str(i) for i in range(10)] and model["mean"] == [0.1307]
     assert len(bytes.fromhex(model["viridis"])) == 256 * 3
@@ -162,12 +194,12 @@ def test_routes_answer_with_a_model_or_one_line_reason(tensorboard, logdir):
     assert not (code_dir(logdir) / MARKER).exists()  # refused before any of the edited code ran
     assert not (logdir / "elsewhere" / MARKER).exists()  # nor any code planted in the log directory
     _, answer = api(base, "update", {"run": "elsewhere-data", "source": "test", "index": 0})
-    assert not answer["ok"] and "test set is not in" in answer["reason"]
+    assert not answer["ok"] and "test set is not on this machine" in answer["reason"]
     assert not (logdir.parent / "no-data-here").exists()  # the tab downloads nothing
     _, answer = api(base, "update", {"run": "mnist", "source": "test", "index": 3})
     assert answer["ok"] and answer["label"] == 0 and answer["prediction"] == 0  # MNIST's test image 3 is a 0
     assert [layer["name"] for layer in answer["layers"]][:3] == ["conv1", "bn1", "relu1"]
-    assert answer["layers"][-1]["logits"] and answer["layers"][-1]["labels"] == model["classes"]
+    assert answer["layers"][-1]["output"] == "logits" and answer["layers"][-1]["labels"] == model["classes"]
     assert len(base64.b64decode(answer["layers"][0]["data"])) == 16 * 28 * 28  # conv1: 16 maps of 28 x 28
     for body, words in (({"run": "mnist", "source": "test", "index": 10_000}, "out of range"),
                         ({"run": "mnist", "source": "draw", "image": "data:image/png;base64,AAAA"}, "not an image"),
@@ -181,12 +213,20 @@ def test_routes_answer_with_a_model_or_one_line_reason(tensorboard, logdir):
     # the user's own model: each block is named with the layer whose output it hands on
     _, answer = api(base, "update", {"run": "tutorial-004", "source": "test", "index": 0})
     assert answer["ok"], answer
-    layers = [(layer["name"], layer["blocks"], layer["stage"]) for layer in answer["layers"]]
-    assert layers == [("conv1.0", [], "before activation"), ("conv1.1", [], "after activation"),
-                      ("conv1.2", ["conv1"], "after activation"), ("conv2.0", [], "before activation"),
-                      ("conv2.1", [], "after activation"), ("conv2.2", ["conv2"], "after activation"),
-                      ("out", [], "before activation")]  # fmt: skip
-    assert answer["layers"][-1]["logits"] and answer["cam"]["layer"] == "conv2.0"
+    layers = [(layer["name"], layer["blocks"], layer["kind"]) for layer in answer["layers"]]
+    assert layers == [("conv1.0", [], "conv"), ("conv1.1", [], "activation"), ("conv1.2", ["conv1"], "pool"),
+                      ("conv2.0", [], "conv"), ("conv2.1", [], "activation"), ("conv2.2", ["conv2"], "pool"),
+                      ("out", [], "linear")]  # fmt: skip
+    assert answer["layers"][-1]["output"] == "logits" and answer["cam"]["layer"] == "conv2.1"
+    # pytorch/examples' Net: its functional steps, and log-probabilities out, named by class
+    _, answer = api(base, "update", {"run": "examples", "source": "test", "index": 0})
+    assert answer["ok"], answer
+    assert [(layer["name"], layer["op"], layer["inputs"]) for layer in answer["layers"]][:5] == [
+        ("conv1", "Conv2d", ["input"]), ("relu", "F.relu", ["conv1"]), ("conv2", "Conv2d", ["relu"]),
+        ("relu_1", "F.relu", ["conv2"]), ("max_pool2d", "F.max_pool2d", ["relu_1"]),
+    ]  # fmt: skip
+    assert answer["layers"][-1]["name"] == "log_softmax" and answer["layers"][-1]["output"] == "log-probabilities"
+    assert answer["cam"]["layer"] == "relu_1" and answer["layers"][-1]["labels"] == model["classes"]
     assert "Traceback" not in log.read_text()  # every failure above was an answer, not an exception
 
 
@@ -255,8 +295,9 @@ def test_the_tab_in_a_real_browser(tensorboard, logdir, data_dir):
         assert frame.locator("#prediction").inner_text().startswith("7")
         layers = frame.locator(".layer")
         assert layers.count() == 15  # conv1 ... pool3, fc1, relu4, fc2 of the default model
-        assert "conv1 Conv2d · 16×28×28 · before activation" in layers.first.inner_text()
-        assert "logits" in layers.last.inner_text()
+        assert "conv1 Conv2d · 16×28×28 · conv · from input" in layers.first.inner_text()
+        assert "bn1 BatchNorm2d · 16×28×28 · norm · from conv1" in layers.nth(1).inner_text()
+        assert "logits, one bar per class" in layers.last.inner_text()
         size = frame.locator(".layer > canvas").first.evaluate("c => [c.width, c.height]")
         assert size[0] >= 8 * 36 and size[1] >= 36  # tiles of at least 36 px
         assert_conv1_drawn(frame, answers[-1])
@@ -285,6 +326,19 @@ def test_the_tab_in_a_real_browser(tensorboard, logdir, data_dir):
         page.wait_for_timeout(1500)
         assert frame.locator("#prediction").inner_text().startswith("2")
         assert frame.locator("#seen-size").inner_text() == "(28×28)"
+
+        # pytorch/examples' Net: each functional step is a card that says what it is and what feeds it
+        frame.locator("#run").select_option("examples")
+        frame.locator(".layer[data-layer=log_softmax]").wait_for(timeout=30_000)
+        cards = frame.locator(".layer h3")
+        assert cards.count() == 9  # conv1, relu, conv2, relu_1, max_pool2d, fc1, relu_2, fc2, log_softmax
+        assert cards.nth(3).inner_text() == "relu_1 F.relu · 64×24×24 · activation · from conv2"
+        assert cards.nth(4).inner_text() == "max_pool2d F.max_pool2d · 64×12×12 · pool · from relu_1"
+        assert (
+            cards.last.inner_text()
+            == "log_softmax F.log_softmax · 10 · log-probabilities, one bar per class · from fc2"
+        )
+        assert "on relu_1" in frame.locator("#cam-layer").inner_text()
 
         frame.locator("#run").select_option("edited")
         frame.locator("#status.error").wait_for(timeout=30_000)

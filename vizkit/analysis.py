@@ -7,14 +7,13 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 from dataclasses import dataclass
+from math import prod
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from vizkit.errors import VizkitError
-from vizkit.hooks import capture
-from vizkit.models import relu_layer_names
+from vizkit.graph import capture, first_tensor, forward_graph, loss, probabilities, step_outputs
 
 
 @dataclass
@@ -49,23 +48,27 @@ def model_device(model: nn.Module) -> torch.device:
 def predict(
     model: nn.Module,
     loader: Iterable[tuple[torch.Tensor, torch.Tensor]],
+    input_shape: list[int] | tuple[int, ...],
     features_of: str | None = None,
     keep_inputs: bool = False,
 ) -> Predictions:
     """Probabilities and per-image losses over (x, y) batches (a DataLoader, or data.batches), in eval mode.
 
-    `features_of` names a layer whose *input* is kept (the last Linear's: what the classifier sees);
-    `keep_inputs` keeps the batches themselves (for top-loss pictures). The model is left as it was.
+    The model's output may be logits, log-probabilities or probabilities (graph.Graph.output_kind): the loss is
+    the cross-entropy either way. `features_of` names a step whose *input* is kept (the last Linear's: what the
+    classifier sees); `keep_inputs` keeps the batches themselves (for top-loss pictures). The model is left as
+    it was.
     """
     device = model_device(model)
+    kind = forward_graph(model, input_shape).output_kind
     names = [features_of] if features_of else []
     probs, losses, labels, feats, kept = [], [], [], [], []
-    with capture(model, names, inputs=True) as seen:
+    with capture(model, names, input_shape, inputs=True) as seen:
         for x, y in loader:
             x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
-            logits = model(x)
-            probs.append(logits.float().softmax(1).cpu())
-            losses.append(F.cross_entropy(logits.float(), y, reduction="none").cpu())
+            out = first_tensor(model(x), model)
+            probs.append(probabilities(out, kind).cpu())
+            losses.append(loss(out.float(), y, kind, reduction="none").cpu())
             labels.append(y.cpu())
             if features_of in seen:  # a head that does not run in eval mode gives none
                 feats.append(seen.pop(features_of).flatten(1))
@@ -80,14 +83,6 @@ def predict(
         torch.cat(feats) if feats and len(feats) == len(labels) else None,
         torch.cat(kept) if kept else None,
     )
-
-
-@torch.no_grad()
-def layer_outputs(model: nn.Module, names: list[str], batch: torch.Tensor) -> dict[str, torch.Tensor]:
-    """The named layers' outputs for one batch (eval mode, on the CPU); what feature maps are drawn from."""
-    with capture(model, names) as out:
-        model(batch.to(model_device(model)))
-    return {n: out[n] for n in names if n in out}
 
 
 def confusion_matrix(labels: torch.Tensor, preds: torch.Tensor, classes: int) -> torch.Tensor:
@@ -107,16 +102,15 @@ def top_losses(pred: Predictions, k: int = 16) -> torch.Tensor:
 
 @torch.no_grad()
 def activation_stats(model: nn.Module, batch: torch.Tensor) -> dict[str, dict[str, float]]:
-    """Per ReLU layer: mean and std of its output, and the fraction of dead units (channels or features that
+    """Per ReLU step: mean and std of its output, and the fraction of dead units (channels or features that
     are zero for every input of the batch), a signal none of TensorBoard, fastai or Captum logs by default."""
-    relus = relu_layer_names(model)
-    with capture(model, relus) as out:
-        model(batch.to(model_device(model)))
+    relus = forward_graph(model, tuple(batch.shape[1:])).relus()
+    out = step_outputs(model, relus, batch)
     stats = {}
     for name in relus:
         if name not in out:  # defined but not called
             continue
-        a = out[name]  # a module called several times (one self.relu for every layer): its last call
+        a = out[name]
         per_unit = a.transpose(0, 1).flatten(1).amax(1)  # (units,): channel for conv maps, feature for fc
         stats[name] = {
             "mean": a.mean().item(),
@@ -178,32 +172,28 @@ def parameter_histograms(model: nn.Module) -> dict[str, Histogram]:
 @dataclass
 class LayerRow:
     name: str
-    kind: str
+    kind: str  # what was called: Conv2d, F.relu, +, ...
     output_shape: tuple[int, ...]
     params: int
     mult_adds: int
 
 
-@torch.no_grad()
 def model_summary(model: nn.Module, input_shape: list[int] | tuple[int, ...]) -> list[LayerRow]:
-    """Each leaf layer's output shape, parameter count and multiply-adds for one input (torchinfo's idea)."""
+    """Each step's output shape, parameter count and multiply-adds for one input (torchinfo's idea, on every
+    step of the forward pass: F.relu and `x + y` are rows too). A module called twice counts its parameters once."""
     modules = dict(model.named_modules())
-    leaves = [name for name, m in modules.items() if name and not list(m.children())]
-    with capture(model, leaves) as out:
-        model(torch.zeros(1, *input_shape, device=model_device(model)))
-    rows = []
-    for name in leaves:
-        if name not in out:  # defined but never called in forward()
-            continue
-        m, shape = modules[name], tuple(out[name].shape[1:])
-        params = sum(p.numel() for p in m.parameters(recurse=False))
+    rows, counted = [], set()
+    for step in forward_graph(model, input_shape).steps:
+        m = modules.get(step.module) if step.module is not None else None
+        params = sum(p.numel() for p in m.parameters(recurse=False)) if m is not None and m not in counted else 0
+        counted.add(m)
         if isinstance(m, nn.Conv2d):
-            macs = out[name].numel() * (m.in_channels // m.groups) * m.kernel_size[0] * m.kernel_size[1]
+            macs = prod(step.shape) * (m.in_channels // m.groups) * m.kernel_size[0] * m.kernel_size[1]
         elif isinstance(m, nn.Linear):
             macs = m.in_features * m.out_features
         else:
             macs = 0
-        rows.append(LayerRow(name, type(m).__name__, shape, params, macs))
+        rows.append(LayerRow(step.name, step.op, step.shape, params, macs))
     return rows
 
 

@@ -1,6 +1,6 @@
 """Which input pixels a prediction depends on: gradient saliency, integrated gradients and Grad-CAM.
 
-Captum's and pytorch-grad-cam's methods in a few lines each, on vizkit's own capture() hooks. Each takes
+Captum's and pytorch-grad-cam's methods in a few lines each, on vizkit's own graph.capture(). Each takes
 `net`, a module from pixels in [0, 1] to logits (export.Normalized around a model), and a (1, C, H, W) input,
 and returns an (H, W) map.
 """
@@ -11,7 +11,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from vizkit.hooks import capture, modes_kept
+from vizkit.graph import capture
+from vizkit.hooks import modes_kept
 
 
 def saliency(net: nn.Module, x: torch.Tensor, target: int) -> torch.Tensor:
@@ -39,8 +40,9 @@ def integrated_gradients(net: nn.Module, x: torch.Tensor, target: int, steps: in
 
 def grad_cam(net: nn.Module, model: nn.Module, layer: str, x: torch.Tensor, target: int) -> torch.Tensor:
     """Grad-CAM (Selvaraju et al. 2017): the layer's channels weighted by their mean gradient, ReLU, scaled to
-    [0, 1] and resized to the input. `model` is the module inside `net` that holds `layer`."""
-    with capture(model, [layer], detach=False) as acts:
+    [0, 1] and resized to the input; zero everywhere where nothing in the layer speaks for `target` (see
+    no_evidence). `model` is the module inside `net` whose forward graph has the step `layer`."""
+    with capture(model, [layer], x.shape[1:], detach=False) as acts:
         score = net(x)[0, target]
         activation = acts[layer]
         (grad,) = torch.autograd.grad(score, activation)
@@ -59,13 +61,13 @@ def optimize_inputs(
     up to 2 px) and decay towards black, so what grows is the pattern, not noise. Returns (channels, C, H, W).
     """
     gen = torch.Generator().manual_seed(seed)
-    with torch.no_grad(), capture(model, [layer]) as out:
+    with torch.no_grad(), capture(model, [layer], input_shape) as out:
         net(torch.zeros(1, *input_shape))
     channels = out[layer].shape[1]
     param = (torch.randn(channels, *input_shape, generator=gen) * 0.1 - 2.0).requires_grad_(True)
     optimizer = torch.optim.Adam([param], lr=0.1)
     index = torch.arange(channels)
-    with capture(model, [layer], detach=False) as acts:
+    with capture(model, [layer], input_shape, detach=False) as acts:
         for _ in range(steps):
             shift = torch.randint(-2, 3, (2,), generator=gen).tolist()
             x = torch.roll(torch.sigmoid(param), shifts=shift, dims=(2, 3))
@@ -77,3 +79,9 @@ def optimize_inputs(
             (param.grad,) = torch.autograd.grad(loss, [param])
             optimizer.step()
     return torch.sigmoid(param).detach()
+
+
+def no_evidence(cam: torch.Tensor, layer: str, target: str) -> str | None:
+    """What to say instead of an empty Grad-CAM panel: no channel of `layer` has positive evidence for `target`
+    (every weighted sum is at most zero, so the ReLU leaves nothing)."""
+    return f"no positive evidence for class {target} in {layer}" if float(cam.max()) <= 0 else None

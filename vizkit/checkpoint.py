@@ -6,7 +6,11 @@ A vizkit checkpoint is a dict of plain values (so `torch.load(weights_only=True)
     model        a zoo name, or the user model's spec (`/abs/path/file.py:NAME` or `package.module:NAME`)
     model_args   keyword arguments NAME(...) was called with
     model_source {path, sha256} of the user model's file at training time, or None for zoo models
-    config       the settings it was trained with; classes, mean, std, input_shape [C, H, W], dataset
+    config       the settings it was trained with; classes, mean, std, input_shape [C, H, W]
+    dataset      a dataset's name, the absolute path of a folder of images, or None (a Run's unknown data)
+    data_source  where the data came from, for the record: the dataset, or "your own training loop"
+    data_dir     the absolute folder of a named dataset's files, where the inspection commands find its test set
+    examples     up to 64 uint8 images (N, C, H, W) a Run kept, for the inspection commands, when not told its data
     epoch, val_accuracy, and in last.pth `resume` (the training state --resume continues from)
 
 A bare state dict from a hand-written loop (`torch.save(model.state_dict(), 'cnn.pth')`, or one under
@@ -20,6 +24,7 @@ shared with someone else therefore runs no code they did not choose, the promise
 
 from __future__ import annotations
 
+import logging
 import pickle
 import pickletools
 import re
@@ -38,9 +43,12 @@ from vizkit.errors import VizkitError, first_line
 from vizkit.files import atomic_write
 from vizkit.models import display_name, get_model, is_user_model, locate_source, sha256_file
 
+log = logging.getLogger(__name__)
+
 CHECKPOINT_KEYS = ("model", "state_dict", "config", "classes", "mean", "std", "input_shape")
 WRAPPER_KEYS = ("state_dict", "model_state_dict", "model")  # where tutorials put the weights in a dict
 SOURCE_DIR = "source"  # a run keeps a copy of a user model's file here, for the record
+MAX_EXAMPLES = 64  # images a Run keeps for the inspection commands when it knows no dataset
 
 
 def model_fields(spec: str, model_args: dict[str, Any] | None = None) -> dict[str, Any]:
@@ -141,6 +149,16 @@ def _check_fields(ckpt: dict[str, Any], path: Path) -> None:
         "input_shape": isinstance(ckpt["input_shape"], list)
         and len(ckpt["input_shape"]) == 3
         and all(isinstance(v, int) and v > 0 for v in ckpt["input_shape"]),
+        # where the data came from (optional): names and paths, and at most 64 example images of the input shape
+        **{k: ckpt.get(k) is None or isinstance(ckpt.get(k), str) for k in ("dataset", "data_dir", "data_source")},
+        "examples": ckpt.get("examples") is None
+        or (
+            isinstance(ckpt["examples"], torch.Tensor)
+            and ckpt["examples"].dtype == torch.uint8
+            and ckpt["examples"].dim() == 4
+            and 0 < len(ckpt["examples"]) <= MAX_EXAMPLES
+            and list(ckpt["examples"].shape[1:]) == ckpt["input_shape"]
+        ),  # fmt: skip
     }
     bad = [k for k, ok in problems.items() if not ok]
     if bad:
@@ -302,14 +320,23 @@ def open_checkpoint(
     if mean is not None or std is not None:
         channels = ckpt["input_shape"][0]
         mean, std = list(mean or ckpt["mean"]), list(std or ckpt["std"])
+        mean, std = (v * channels if len(v) == 1 else v for v in (mean, std))  # one value: every channel
         if len(mean) != channels or len(std) != channels or any(s <= 0 for s in std):
-            raise VizkitError(f"--mean and --std need {channels} value(s) each (one per channel), std > 0")
+            counts = "1 value" if channels == 1 else f"1 or {channels} values"
+            raise VizkitError(f"--mean and --std need {counts} each (one per channel), std > 0")
         ckpt.update(mean=mean, std=std, norm_source="from --mean/--std")
-    channels, size = ckpt["input_shape"][0], ckpt["input_shape"][-1]
+    channels, height, width = ckpt["input_shape"]
+    size = height if height == width else (height, width)  # a Run on non-square pictures
     # code the checkpoint named (not the person) must be an nn.Module class or a function of that very file
     net = get_model(spec, channels, size, len(ckpt["classes"]), ckpt.get("model_args") or {}, own_only=not model)
     load_weights(net, state, path, display_name(spec))
     net.eval()
+    if ckpt["norm_source"].endswith("the default for a bare state dict"):  # none recorded or given: say which
+        log.warning(
+            "%s records no normalisation; assuming %s's (mean %s, std %s): if you trained with other values, "
+            "give them with --mean/--std (--mean 0 --std 1 for ToTensor() alone)",
+            path.name, ckpt["dataset"], ",".join(map(str, ckpt["mean"])), ",".join(map(str, ckpt["std"])),
+        )  # fmt: skip
     ckpt["model"] = spec
     return net, ckpt
 

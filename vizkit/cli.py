@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import argparse
 import logging
+import math
+import os
 import sys
 from collections.abc import Callable
 
@@ -39,6 +41,20 @@ def run_cli(body: Callable[[], int], prog: str) -> int:
     except KeyboardInterrupt:
         print(f"{prog}: interrupted", file=sys.stderr)
         return EXIT_INTERRUPTED
+    except BrokenPipeError:  # `... | head` stopped reading: what was asked for is printed; no traceback
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # Python's docs: so exit's flush is quiet
+        return 0
+
+
+def channel_values(text: str) -> list[float]:
+    """`0.1307` or `0.5,0.5,0.5`: one token, so `--std 1 photo.png` leaves the photo to the positionals."""
+    try:
+        values = [float(v) for v in text.split(",")]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"'{text}' is not a number or comma-separated numbers (0.5,0.5,0.5)") from None
+    if not all(math.isfinite(v) for v in values):
+        raise argparse.ArgumentTypeError(f"'{text}' is not finite; give real numbers")
+    return values
 
 
 def add_own_model_args(parser: argparse.ArgumentParser) -> None:
@@ -51,12 +67,14 @@ def add_own_model_args(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument(
         "--mean",
-        type=float,
-        nargs="+",
-        help="normalisation mean per channel (default: the checkpoint's; for a bare state dict the dataset's, "
-        "0.1307 for MNIST)",
+        type=channel_values,
+        metavar="M[,M,M]",
+        help="normalisation mean, one value or one per channel, comma-separated (default: the checkpoint's; for a "
+        "bare state dict the dataset's, 0.1307 for MNIST; 0 with --std 1 for ToTensor() alone)",
     )
-    parser.add_argument("--std", type=float, nargs="+", help="normalisation std per channel (default: as --mean)")
+    parser.add_argument(
+        "--std", type=channel_values, metavar="S[,S,S]", help="normalisation std, as --mean (default: as --mean)"
+    )
     parser.add_argument(
         "--dataset", choices=("mnist", "fashion-mnist", "cifar10"), help="for a bare state dict (default: mnist)"
     )

@@ -29,7 +29,8 @@ class TrainConfig:
     """One training run. The defaults are vizkit's default recipe (recipes/default.toml says the same)."""
 
     model: str = "vizkit"  # a zoo name, PATH.py:NAME or package.module:NAME (see models.py)
-    dataset: str = "mnist"
+    dataset: str = "mnist"  # mnist, fashion-mnist, cifar10, or a folder of images with a sub-folder per class
+    image_size: int = 0  # a folder's images are resized to this side; 0 = the most common one
     epochs: int = 3
     batch_size: int = 128
     lr: float = 0.005
@@ -169,6 +170,8 @@ def validate(cfg: TrainConfig, source: str = "config") -> TrainConfig:
             raise VizkitError(f"{source}: '{name}' must be at least 1, got {getattr(cfg, name)}")
     if not (cfg.lr > 0 and math.isfinite(cfg.lr)):
         raise VizkitError(f"{source}: 'lr' must be a positive number, got {cfg.lr}")
+    if cfg.image_size < 0:
+        raise VizkitError(f"{source}: 'image_size' must be 0 (the most common) or more, got {cfg.image_size}")
     if cfg.limit_train < 0:
         raise VizkitError(f"{source}: 'limit_train' must be 0 or more, got {cfg.limit_train}")
     if cfg.val_size < 1:  # the best epoch is chosen on validation: with none there is nothing to choose by

@@ -105,10 +105,34 @@ class Dataset:
     test: Split
 
 
-def get_spec(name: str) -> DatasetSpec:
-    if name not in DATASETS:
-        raise VizkitError(f"unknown dataset '{name}'; choose one of {', '.join(DATASETS)}")
-    return DATASETS[name]
+def get_spec(name: str, image_size: int = 0) -> DatasetSpec:
+    """A known dataset's spec, or a folder's (imagefolder.py): its classes, channels and side, found from the
+    files' headers; its mean and std are the training split's, known only once load_dataset has read it."""
+    if name in DATASETS:
+        return DATASETS[name]
+    from vizkit import imagefolder
+
+    _folder_name(name)
+    found = imagefolder.list_folder(name, image_size)
+    return DatasetSpec(str(found.root), found.channels, found.side, found.classes, (0.0,) * found.channels,
+                       (1.0,) * found.channels)  # fmt: skip
+
+
+def _folder_name(name: str) -> None:
+    from vizkit import imagefolder
+
+    if not imagefolder.looks_like_folder(name):
+        raise VizkitError(
+            f"unknown dataset '{name}'; choose one of {', '.join(DATASETS)}, or give a folder of your images "
+            "with a sub-folder per class (a path, such as ./shapes)"
+        )
+
+
+def is_folder_dataset(name: str | None) -> bool:
+    """A --dataset value (or a checkpoint's) that names a folder of images: a path, not a dataset's name."""
+    from vizkit import imagefolder
+
+    return bool(name) and name not in DATASETS and imagefolder.looks_like_folder(name)
 
 
 # --- finding and fetching files -------------------------------------------------------------------------
@@ -280,24 +304,98 @@ def _ensure(name: str, data_dir: Path) -> str:
 
 
 def load_test_split(name: str, data_dir: str | Path = "data", fetch: bool = True) -> Split:
-    """Only the official test set (what the inspection commands draw samples from). `fetch=False` reads only
-    what is already in `data_dir` (vizkit's TensorBoard tab downloads nothing)."""
+    """Only the official test set; `fetch=False` reads only what is already in `data_dir`."""
     if fetch:
         _ensure(name, Path(data_dir))
-    try:
-        return _read_split(name, Path(data_dir), train=False)
-    except (OSError, RuntimeError):
-        raise VizkitError(
-            f"the {name} test set is not in {data_dir}; training fetches it (or python -m vizkit.features --index 0)"
-        ) from None
+    return find_test_split(name, [Path(data_dir)])
 
 
-def load_dataset(name: str, data_dir: str | Path = "data", limit_train: int = 0, val_size: int = 5000) -> Dataset:
+def test_data_dirs(
+    recorded: str | Path | None, origin: Path | None = None, given: str | Path | None = None
+) -> list[Path]:
+    """Where an inspection command looks for a run's test set, in order: `given` (--data-dir); the folder
+    training read, if absolute; else that folder relative to where training ran (`origin`, trained_in) and
+    to the current folder."""
+    if given:
+        return [Path(given)]
+    folder = Path(recorded or "data")
+    if folder.is_absolute():
+        return [folder]
+    return list(dict.fromkeys([*([origin / folder] if origin is not None else []), folder]))
+
+
+def trained_in(checkpoint: Path) -> Path | None:
+    """The folder a run was presumably trained from: the one above its log directory (`./runs/X/best.pth`)."""
+    parents = checkpoint.resolve().parents
+    return parents[2] if len(parents) > 2 else None
+
+
+def test_split_of(
+    dataset: str, config: dict, input_shape: list[int], origin: Path | None = None, given: str | None = None
+) -> Split:
+    """A run's test set for the inspection commands (nothing is downloaded): a folder's is split off again with
+    the run's seed and side; a named dataset's is looked for in data_dir (test_data_dirs)."""
+    if is_folder_dataset(dataset):
+        from vizkit import imagefolder
+
+        seed = config.get("seed", 0)
+        if not Path(dataset).is_absolute() or not isinstance(seed, int):  # vizkit.train records both so
+            raise VizkitError(f"the run's folder of images is not recorded as vizkit records it ({dataset!r})")
+        if not Path(dataset).is_dir():
+            raise VizkitError(f"the run's images are not on this machine ({dataset}); give your own with --image FILE")
+        found = imagefolder.list_folder(dataset, input_shape[-1])
+        _, _, test = imagefolder.split_files(found, seed)  # the run's own split again: only its test files read
+        return Split(*imagefolder.read_images(test, found.channels, found.side))
+    return find_test_split(dataset, test_data_dirs(config.get("data_dir"), origin, given))
+
+
+def find_test_split(name: str, folders: list[Path]) -> Split:
+    """The first of `folders` that holds the test set; nothing is downloaded (an inspection command run from
+    another folder would otherwise fill that folder with a dataset)."""
+    get_spec(name)  # a name no dataset has (a checkpoint's own): one error, no files read
+    for folder in folders:
+        try:
+            return _read_split(name, folder, train=False)
+        except (OSError, RuntimeError, ValueError, IndexError, struct.error):  # absent, or damaged files
+            continue
+    looked = ", ".join(str(f) for f in folders)
+    raise VizkitError(
+        f"the {name} test set is not on this machine (looked in {looked}); give --data-dir DIR where it is, "
+        "or your own image with --image FILE"
+    )
+
+
+def load_folder(name: str, limit_train: int = 0, seed: int = 0, image_size: int = 0) -> Dataset:
+    """A folder of images in ImageFolder layout (imagefolder.py), split by `seed`; mean and std of its training
+    split. `limit_train` keeps the first N training images of the split."""
+    from vizkit import imagefolder
+
+    _folder_name(name)  # a name that is neither a dataset nor a folder: one error
+    found = imagefolder.list_folder(name, image_size)
+    files = imagefolder.split_files(found, seed)
+    train, val, test = (Split(*imagefolder.read_images(f, found.channels, found.side)) for f in files)
+    if limit_train:
+        train = Split(train.images[:limit_train], train.labels[:limit_train])
+    if not len(train) or not len(val):
+        raise VizkitError(f"{found.root} has too few images to split off validation and test sets; add more")
+    mean, std = imagefolder.mean_std(train.images)
+    spec = DatasetSpec(str(found.root), found.channels, found.side, found.classes, mean, std)
+    log.debug("%s: %d train, %d val, %d test", found.root, len(train), len(val), len(test))
+    return Dataset(spec, train, val, test)
+
+
+def load_dataset(
+    name: str, data_dir: str | Path = "data", limit_train: int = 0, val_size: int = 5000, seed: int = 0,
+    image_size: int = 0,
+) -> Dataset:  # fmt: skip
     """The train/val/test splits of a dataset in memory as uint8 tensors.
 
     Validation is the last `val_size` images of the official training set; `limit_train` keeps the first N
-    of the rest (0 = all). The test set is the official one, untouched.
+    of the rest (0 = all). The test set is the official one, untouched. A folder (`name` a path) is split
+    by `seed` instead, and its images resized to `image_size` (0: the most common side): load_folder.
     """
+    if is_folder_dataset(name):
+        return load_folder(name, limit_train, seed, image_size)
     spec = get_spec(name)
     data_dir = Path(data_dir)
     source = _ensure(name, data_dir)

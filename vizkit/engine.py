@@ -17,18 +17,18 @@ from pathlib import Path
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 from tqdm import tqdm
 
-from vizkit import distributed
+from vizkit import distributed, graph
 from vizkit.allocator import freed_memory_kept
 from vizkit.checkpoint import load_weights
 from vizkit.config import TrainConfig
-from vizkit.data import Dataset, Split, batches, num_batches
+from vizkit.data import Dataset, DatasetSpec, Split, batches, is_folder_dataset, num_batches
 from vizkit.distributed import Dist
 from vizkit.errors import VizkitError
+from vizkit.graph import first_tensor
 from vizkit.hooks import modes_kept
 from vizkit.models import display_name, get_model, is_user_model
 from vizkit.run import Run
@@ -61,6 +61,16 @@ def memory_format(model: nn.Module, spec: str) -> torch.memory_format:
     # a user's model may flatten with .view(), which NHWC tensors refuse, and has not been measured.
     has_conv = any(isinstance(m, nn.Conv2d) for m in model.modules())
     return torch.channels_last if has_conv and not is_user_model(spec) else torch.contiguous_format
+
+
+def output_kind(model: nn.Module, spec: str, data: DatasetSpec) -> str:
+    """What the model returns; a model that ends in softmax is trained on the log of its probabilities, and
+    says so (CrossEntropyLoss on probabilities is the mistake recipe 002's tutorial makes)."""
+    kind = graph.forward_graph(model, [data.channels, data.size, data.size]).output_kind
+    if kind == "probabilities":
+        log.warning("model '%s' ends in softmax: vizkit trains it on the log of its probabilities (the cross-entropy "
+                    "of what came before the softmax); return the logits instead", display_name(spec))  # fmt: skip
+    return kind
 
 
 def make_optimizer(cfg: TrainConfig, model: nn.Module) -> torch.optim.Optimizer:
@@ -145,6 +155,7 @@ class Loop:
     steps_per_epoch: int
     run_dir: Path
     layout: torch.memory_format
+    output: str = "logits"  # what the model returns (graph.Graph.output_kind): the loss takes it as it is
 
 
 def train_one_epoch(loop: Loop, split: Split, epoch: int, bar: tqdm) -> EpochResult:
@@ -167,8 +178,8 @@ def train_one_epoch(loop: Loop, split: Split, epoch: int, bar: tqdm) -> EpochRes
     ):  # fmt: skip
         if distributed.any_rank(d, loop.stop.signum is not None, device):
             raise Interrupted(loop.stop.signum or signal.SIGTERM)
-        logits = loop.trainer(x)
-        loss = F.cross_entropy(logits, y)
+        logits = first_tensor(loop.trainer(x), loop.model)  # a tuple output: its first tensor, as 004's loop does
+        loss = graph.loss(logits, y, loop.output)
         loop.optimizer.zero_grad(set_to_none=True)
         loss.backward()
         loop.optimizer.step()
@@ -220,14 +231,15 @@ def evaluate(
     norm: tuple[tuple[float, ...], tuple[float, ...]],
     d: Dist = distributed.SINGLE,
     layout: torch.memory_format = torch.contiguous_format,
+    output: str = "logits",
 ) -> tuple[float, float]:
     """Mean cross-entropy and accuracy (a fraction) over a whole split, in eval mode; with several processes,
     each takes a share and the sums are added, so the result equals a single-process evaluation."""
     sums = torch.zeros(2, device=split.labels.device, dtype=torch.float64)  # loss, correct
     with modes_kept(model):
         for x, y in batches(split, batch_size, *norm, memory_format=layout, shard=(d.rank, d.world)):
-            logits = model(x)
-            sums[0] += F.cross_entropy(logits, y, reduction="sum")
+            logits = first_tensor(model(x), model)
+            sums[0] += graph.loss(logits, y, output, reduction="sum")
             sums[1] += (logits.argmax(1) == y).sum()
     distributed.all_sum(d, sums)
     return float(sums[0]) / len(split), float(sums[1]) / len(split)
@@ -272,7 +284,7 @@ def train_epochs(loop: Loop, train: Split, val: Split, start_epoch: int) -> None
             result = train_one_epoch(loop, train, epoch, bar)
         if loop.scheduler is not None and not loop.per_batch:
             loop.scheduler.step()
-        val_loss, val_acc = evaluate(loop.model, val, cfg.eval_batch_size, loop.norm, d, loop.layout)
+        val_loss, val_acc = evaluate(loop.model, val, cfg.eval_batch_size, loop.norm, d, loop.layout, loop.output)
         if loop.run is None:
             continue
         loop.run.epoch(
@@ -318,7 +330,7 @@ def fit(
     stats_batch = next(batches(val, STATS_BATCH, *norm, memory_format=layout))[0]
     loop = Loop(
         cfg, norm, model, trainer, optimizer, scheduler, per_batch, generator, None, d, stop or StopFlag(),
-        steps_per_epoch, run_dir, layout,
+        steps_per_epoch, run_dir, layout, output_kind(model, cfg.model, spec),
     )  # fmt: skip
     start_epoch = restore(loop, resume) if resume is not None else 1
     purge = (start_epoch - 1) * steps_per_epoch + 1 if resume is not None else None
@@ -327,6 +339,7 @@ def fit(
             model, feature_batch, mean, std, run_dir=run_dir, classes=spec.classes, dataset=spec.name,
             config=cfg.to_dict(), model_spec=cfg.model, model_args=cfg.model_args, log=cfg.log, epochs=cfg.epochs,
             log_every=cfg.log_every, stats_sample=stats_batch, resume_step=purge, existing=True,
+            data_dir=None if is_folder_dataset(cfg.dataset) else cfg.data_dir,
         )  # fmt: skip
     with loop.run if loop.run is not None else contextlib.nullcontext():
         if loop.run is not None and resume is not None:

@@ -15,12 +15,14 @@ import torch
 from torch import nn
 
 from vizkit.files import atomic_write
+from vizkit.graph import first_tensor
 
 log = logging.getLogger(__name__)
 
 
 class Normalized(nn.Module):
-    """model((x - mean) / std): takes pixels in [0, 1], so the file carries its own preprocessing."""
+    """model((x - mean) / std): takes pixels in [0, 1], so the file carries its own preprocessing. A model that
+    returns a tuple, list or dict gives its first tensor."""
 
     def __init__(self, model: nn.Module, mean: Sequence[float], std: Sequence[float]) -> None:
         super().__init__()
@@ -29,19 +31,30 @@ class Normalized(nn.Module):
         self.register_buffer("std", torch.tensor(list(std)).view(1, -1, 1, 1))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.model((x - self.mean) / self.std)
+        return first_tensor(self.model((x - self.mean) / self.std), self.model)
+
+
+OUTPUT_NAMES = {"logits": "logits", "log-probabilities": "log_probabilities", "probabilities": "probabilities"}
 
 
 def export_onnx(
-    model: nn.Module, mean: Sequence[float], std: Sequence[float], input_shape: Sequence[int], path: str | Path
+    model: nn.Module,
+    mean: Sequence[float],
+    std: Sequence[float],
+    input_shape: Sequence[int],
+    path: str | Path,
+    output: str = "logits",
 ) -> Path:
-    """Export as one .onnx file: input `image` (N x C x H x W float pixels in [0, 1], N dynamic), output `logits`."""
+    """Export as one .onnx file: input `image` (N x C x H x W float pixels in [0, 1], N dynamic), one output
+    named for what the model returns (`output`, graph.Graph.output_kind): `logits`, `log_probabilities` or
+    `probabilities`."""
     path = Path(path)
+    output_name = OUTPUT_NAMES[output]
     wrapped = Normalized(model, mean, std).cpu().eval()
     example = torch.rand(2, *input_shape)  # batch > 1, or the exporter specialises the batch axis to 1
     options: dict[str, Any] = {
         "input_names": ["image"],
-        "output_names": ["logits"],
+        "output_names": [output_name],
         "external_data": False,  # one file, not model.onnx + model.onnx.data
         "verbose": False,
     }
@@ -52,7 +65,7 @@ def export_onnx(
         options["dynamo"] = True
         options["dynamic_shapes"] = {"x": {0: torch.export.Dim("batch", min=1)}}
     else:
-        options["dynamic_axes"] = {"image": {0: "batch"}, "logits": {0: "batch"}}
+        options["dynamic_axes"] = {"image": {0: "batch"}, output_name: {0: "batch"}}
     options = {k: v for k, v in options.items() if k in accepted}  # older torch lacks some of these
 
     def write(tmp: Path) -> None:
@@ -68,13 +81,13 @@ def export_onnx(
 def check_onnx(
     path: str | Path, model: nn.Module, mean: Sequence[float], std: Sequence[float], batch: torch.Tensor
 ) -> float:
-    """onnx.checker on the file, then onnxruntime's logits against torch's on `batch`; the largest difference."""
+    """onnx.checker on the file, then onnxruntime's output against torch's on `batch`; the largest difference."""
     import onnx
     import onnxruntime as ort
 
     onnx.checker.check_model(str(path), full_check=True)
     session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
-    (got,) = session.run(["logits"], {"image": batch.cpu().numpy().astype(np.float32)})
+    (got,) = session.run(None, {"image": batch.cpu().numpy().astype(np.float32)})
     with torch.no_grad():
         want = Normalized(model, mean, std).cpu().eval()(batch.cpu()).numpy()
     return float(np.abs(got - want).max())

@@ -1,9 +1,10 @@
 """python -m vizkit.features: what a layer of a trained model responds to, for a test image or your own photo.
 
 python -m vizkit.features --layer conv1                 # newest run, test image 0
+python -m vizkit.features --layer relu_1                # any step of forward: F.relu, pooling, x + y, ...
 python -m vizkit.features --layer all --image digit.jpg
 python -m vizkit.features --layer conv1 --weights       # the kernels instead
-python -m vizkit.features --list-layers
+python -m vizkit.features --list-layers                 # every step: name, kind, what it calls, shape, inputs
 python -m vizkit.features --checkpoint cnn.pth --model my_cnn.py:CNN --layer conv1.0   # your own model
 """
 
@@ -21,26 +22,35 @@ from vizkit.checkpoint import normalisation_note
 from vizkit.cli import run_cli
 from vizkit.errors import VizkitError
 from vizkit.export import Normalized
-from vizkit.hooks import capture, layer_names, resolve_layers
+from vizkit.graph import Graph, capture, forward_graph, probabilities
 from vizkit.inputs import Sample, add_input_args, add_model_args, load_model, load_sample
-from vizkit.models import conv_layer_names, require_conv
 from vizkit.plots import activation_figure, kernels_figure, save_figure, tiles_figure
 
 
-def drawable_layers(model: nn.Module) -> list[str]:
-    """What --layer all draws: every conv and fully connected layer, in order."""
-    return [n for n, m in model.named_modules() if isinstance(m, (nn.Conv2d, nn.Linear))]
+def format_steps(graph: Graph) -> str:
+    """--list-layers: a line per step of the forward graph, in the order it runs."""
+    rows = [(s.name, s.kind, s.op, " x ".join(map(str, s.shape)), ", ".join(s.inputs)) for s in graph.steps]
+    header = ("step", "kind", "calls", "output", "from")
+    widths = [max(len(r[i]) for r in [header, *rows]) for i in range(4)]
+    lines = ["  ".join(f"{v:<{w}}" for v, w in zip(r, widths, strict=False)) + "  " + r[4] for r in [header, *rows]]
+    if not graph.traced:
+        lines.append(f"({graph.note}: its modules only)")
+    return "\n".join(line.rstrip() for line in lines)
 
 
-def output_shapes(model: nn.Module, input_shape: list[int]) -> dict[str, tuple[int, ...]]:
-    names = layer_names(model)
-    with torch.no_grad(), capture(model, names) as out:
-        model(torch.zeros(1, *input_shape))
-    return {n: tuple(out[n].shape[1:]) for n in names if n in out}
+def conv_module(model: nn.Module, graph: Graph, name: str, purpose: str) -> nn.Conv2d:
+    """The Conv2d a step calls; else one error that says what needs one and lists the conv steps."""
+    modules = dict(model.named_modules())
+    module = modules.get(graph.resolve(name).module or "")
+    if not isinstance(module, nn.Conv2d):
+        convs = [s.name for s in graph.steps if isinstance(modules.get(s.module or ""), nn.Conv2d)]
+        choice = f"conv layers: {', '.join(convs)}" if convs else "this model has none"
+        raise VizkitError(f"{purpose} needs a conv layer and '{name}' is not one; {choice}")
+    return module
 
 
-def describe(prediction: torch.Tensor, classes: list[str], sample: Sample) -> str:
-    probs = prediction.softmax(-1)[0]
+def describe(prediction: torch.Tensor, kind: str, classes: list[str], sample: Sample) -> str:
+    probs = probabilities(prediction, kind)[0]
     best = int(probs.argmax())
     truth = f" (label {classes[sample.label]})" if sample.label is not None else ""
     return f"{sample.name}{truth}: predicted {classes[best]} ({100 * float(probs[best]):.1f}%)"
@@ -82,42 +92,43 @@ def main(argv: list[str] | None = None) -> int:
 
     def body() -> int:
         model, ckpt, ckpt_path = load_model(args)
+        graph = forward_graph(model, ckpt["input_shape"])
         if args.list_layers:
-            shapes = output_shapes(model, ckpt["input_shape"])
-            modules = dict(model.named_modules())
-            width = max([10] + [len(n) for n in shapes])
-            kinds = {n: type(modules[n]).__name__ for n in shapes}
-            kind_width = max([12] + [len(k) for k in kinds.values()])
-            for name, shape in shapes.items():
-                print(f"{name:<{width}} {kinds[name]:<{kind_width}} {' x '.join(map(str, shape))}")
+            print(format_steps(graph))
             return 0
-        convs = conv_layer_names(model)
+        convs = graph.maps("conv")
         if not args.layer and not convs:
             raise VizkitError(
                 "this model has no conv layer to show by default; name one with --layer (see --list-layers)"
             )
         wanted = args.layer or convs[:1]
-        layers = drawable_layers(model) if "all" in wanted else list(dict.fromkeys(wanted))
-        modules = resolve_layers(model, layers)
+        # a module's path names its step (a container's, its last one): figures are named by what was asked
+        layers = [s.name for s in graph.drawn] if "all" in wanted else list(dict.fromkeys(wanted))
+        steps = {name: graph.resolve(name) for name in layers}
         run_dir = ckpt_path.parent
         figures = {}
         if args.optimize:
             net = Normalized(model, ckpt["mean"], ckpt["std"]).eval()
-            for name in modules:
-                require_conv(model, name, "--optimize")
-                inputs = optimize_inputs(net, model, name, ckpt["input_shape"])
+            for name, step in steps.items():
+                if not step.maps:
+                    raise VizkitError(f"--optimize needs a step with channels of maps and '{name}' gives "
+                                      f"{' x '.join(map(str, step.shape))}; see --list-layers")  # fmt: skip
+                inputs = optimize_inputs(net, model, step.name, ckpt["input_shape"])
                 title = f"{name}: for each channel, the input that excites it most (gradient ascent from noise)"
                 figures[f"{name}-optimized"] = tiles_figure(inputs, title)
         elif args.weights:
-            for name in modules:
-                figures[f"{name}-weights"] = kernels_figure(require_conv(model, name, "--weights").weight, name)
+            for name in steps:
+                figures[f"{name}-weights"] = kernels_figure(conv_module(model, graph, name, "--weights").weight, name)
         else:
-            sample = load_sample(args, ckpt)
-            with torch.no_grad(), capture(model, layers) as acts:
-                logits = Normalized(model, ckpt["mean"], ckpt["std"])(sample.pixels)
-            title = describe(logits, ckpt["classes"], sample) + "; " + normalisation_note(ckpt)
-            for name in layers:
-                figures[f"{name}-{sample.name}"] = activation_figure(acts[name][0], name, sample.pixels[0], title)
+            sample = load_sample(args, ckpt, ckpt_path)
+            with torch.no_grad(), capture(model, layers, ckpt["input_shape"]) as acts:
+                output = Normalized(model, ckpt["mean"], ckpt["std"])(sample.pixels)
+            title = describe(output, graph.output_kind, ckpt["classes"], sample) + "; " + normalisation_note(ckpt)
+            for name, step in steps.items():
+                label = f"{name} ({step.op}{', from ' + ' + '.join(step.inputs) if step.inputs else ''})"
+                classes = ckpt["classes"] if step.name == graph.output else None
+                figures[f"{name}-{sample.name}"] = activation_figure(acts[name][0], label, sample.pixels[0], title,
+                                                                     classes)  # fmt: skip
         paths = output_paths(args.out, run_dir / "features", list(figures))
         for path, fig in zip(paths, figures.values(), strict=True):
             print(save_figure(fig, path))

@@ -66,20 +66,47 @@ def load_model(args: argparse.Namespace) -> tuple[nn.Module, dict[str, Any], Pat
     return model, ckpt, path
 
 
-def load_sample(args: argparse.Namespace, ckpt: dict[str, Any]) -> Sample:
+@dataclass
+class TestImages:
+    """The images an inspection command shows by number: a run's test set, or the examples it kept."""
+
+    images: torch.Tensor  # uint8 (N, C, H, W)
+    labels: torch.Tensor | None  # None: the examples a Run kept, whose labels it was not given
+    what: str  # for messages: "the mnist test set"
+
+
+def test_images(ckpt: dict[str, Any], checkpoint: Path | None = None, data_dir: str | None = None) -> TestImages:
+    """The run's test set (data.test_split_of: found where training read it, never downloaded); where it has
+    none on this machine, the examples it kept (a Run on data vizkit does not know); else one error."""
+    from vizkit.data import test_split_of, trained_in
+
+    dataset, examples = ckpt.get("dataset"), ckpt.get("examples")
+    shape = list(ckpt["input_shape"])
+    # a Run's dataset may be a guess from its input shape: its test set is used once the run knows where it is
+    if dataset and (examples is None or isinstance(ckpt.get("data_dir"), str)):
+        origin = trained_in(checkpoint) if checkpoint is not None else None
+        config = {**ckpt["config"], **({"data_dir": ckpt["data_dir"]} if isinstance(ckpt.get("data_dir"), str) else {})}
+        try:
+            split = test_split_of(dataset, config, shape, origin, data_dir)
+            return TestImages(split.images, split.labels, f"the {Path(dataset).name} test set")
+        except VizkitError:
+            if examples is None:
+                raise
+    if examples is not None:
+        return TestImages(examples, None, "the examples the run kept")
+    raise VizkitError("this run records no test set vizkit can find and no examples; give your own image with --image")
+
+
+def load_sample(args: argparse.Namespace, ckpt: dict[str, Any], checkpoint: Path | None = None) -> Sample:
+    """--image FILE, prepared for the model; else image --index of the run's test images (test_images)."""
     if args.image:
-        from vizkit.preprocess import load_image, prepare
+        from vizkit.preprocess import load_image, prepare_for
 
         img = load_image(args.image)
-        return Sample(prepare(img, ckpt["input_shape"]), Path(args.image).stem, None, np.asarray(img.convert("RGB")))
-    from vizkit.data import load_test_split
-
-    dataset = ckpt.get("dataset", "mnist")
-    if dataset is None:
-        raise VizkitError("this model's inputs match no known dataset, so there is no test image to show; give --image")
-    data_dir = args.data_dir or ckpt["config"].get("data_dir", "data")
-    test = load_test_split(dataset, data_dir)
-    if not 0 <= args.index < len(test):
-        raise VizkitError(f"--index {args.index} is out of range: the {dataset} test set has {len(test)} images")
+        return Sample(prepare_for(img, ckpt), Path(args.image).stem, None, np.asarray(img.convert("RGB")))
+    test = test_images(ckpt, checkpoint, args.data_dir)
+    if not 0 <= args.index < len(test.images):
+        raise VizkitError(f"--index {args.index} is out of range: {test.what} has {len(test.images)} images")
     pixels = test.images[args.index : args.index + 1].float() / 255
-    return Sample(pixels, f"test-{args.index}", int(test.labels[args.index]))
+    label = int(test.labels[args.index]) if test.labels is not None else None
+    return Sample(pixels, f"{'test' if test.labels is not None else 'example'}-{args.index}", label)

@@ -122,13 +122,14 @@ class RunLogger:
         """Whether feature maps are logged this epoch (so the caller computes them only then)."""
         return self.full and (self.image_epochs is None or epoch in self.image_epochs)
 
-    def feature_maps(self, maps: dict[str, torch.Tensor], epoch: int) -> None:
-        """Each conv layer's output (N, C, H, W) for a fixed input (the first of the N): one picture per layer,
-        numbered tiles of at least 28 px on the layer's own viridis scale (tiles.layer_image)."""
+    def feature_maps(self, maps: dict[str, torch.Tensor], kinds: dict[str, str], epoch: int) -> None:
+        """Each step's output (N, C, H, W) for a fixed input (the first of the N): one picture per step,
+        numbered tiles of at least 28 px on the step's own viridis scale (tiles.layer_image); `kinds` says what
+        each step is (Conv2d, +) for its title."""
         if self.wants_images(epoch):
             for name, activation in maps.items():
                 _, c, h, w = activation.shape
-                title = f"{name}: {c} channels, {h}x{w}, before activation"
+                title = f"{name} ({kinds.get(name, '')}): {c} channels, {h}x{w}"
                 self.writer.add_image(f"features/{name}", layer_image(activation[0], title), epoch, dataformats="HWC")
 
     def histograms(self, histograms: dict[str, Histogram], epoch: int) -> None:
@@ -206,7 +207,7 @@ class RunLogger:
             self.writer.add_embedding(
                 pred.features[:n],
                 metadata=[classes[int(y)] for y in pred.labels[:n]],
-                label_img=images[:n].float() if images is not None else None,
+                label_img=_square(images[:n].float()) if images is not None else None,
                 global_step=step,
                 tag="penultimate",
             )
@@ -214,3 +215,11 @@ class RunLogger:
 
 def _tag(name: str) -> str:
     return name.replace("/", "-").replace(" ", "_")  # "T-shirt/top" would open a tag group of its own
+
+
+def _square(images: torch.Tensor) -> torch.Tensor:
+    """Non-square images (N, C, H, W) centred on black squares: the projector's sprite takes square ones only."""
+    h, w = images.shape[-2:]
+    side = max(h, w)
+    top, left = (side - h) // 2, (side - w) // 2
+    return torch.nn.functional.pad(images, (left, side - w - left, top, side - h - top))

@@ -23,6 +23,7 @@ import torch
 from torch import nn
 
 from vizkit.errors import VizkitError, first_line
+from vizkit.graph import first_tensor
 
 ModelFactory = Callable[..., nn.Module]
 _REGISTRY: dict[str, ModelFactory] = {}
@@ -182,31 +183,34 @@ def _build_user_model(spec: str, dims: dict[str, int], model_args: dict[str, Any
     return model
 
 
-def _check_fits(model: nn.Module, name: str, in_channels: int, image_size: int, num_classes: int) -> None:
+def _check_fits(
+    model: nn.Module, name: str, in_channels: int, image_size: int | tuple[int, int], num_classes: int
+) -> None:
     """One forward pass of two blank images in eval mode (nothing changes), so a mismatch is a clear error."""
     modes = {m: m.training for m in model.modules()}
-    shape = f"{in_channels}x{image_size}x{image_size}"
+    height, width = image_size if isinstance(image_size, tuple) else (image_size, image_size)
+    shape = f"{in_channels}x{height}x{width}"
     try:
         model.eval()
         with torch.no_grad():
-            out = model(torch.zeros(2, in_channels, image_size, image_size))
+            out = model(torch.zeros(2, in_channels, height, width))
     except Exception as exc:
         raise VizkitError(f"model '{name}' does not take {shape} inputs: {first_line(exc)}") from None
     finally:
         for m, training in modes.items():
             m.training = training
-    if not isinstance(out, torch.Tensor) or tuple(out.shape) != (2, num_classes):
-        got = tuple(out.shape) if isinstance(out, torch.Tensor) else type(out).__name__
+    out = first_tensor(out, model)  # a tuple, list or dict output: its first tensor (tutorial 004's `(output, x)`)
+    if tuple(out.shape) != (2, num_classes):
         raise VizkitError(
             f"model '{name}' must return logits of shape (batch, {num_classes}) for {shape} inputs; "
-            f"for a batch of 2 it returned {got}"
+            f"for a batch of 2 it returned {tuple(out.shape)}"
         )
 
 
 def get_model(
     name: str,
     in_channels: int = 1,
-    image_size: int = 28,
+    image_size: int | tuple[int, int] = 28,
     num_classes: int = 10,
     model_args: dict[str, Any] | None = None,
     own_only: bool = False,
@@ -228,40 +232,16 @@ def get_model(
             raise VizkitError(
                 f"unknown model '{name}'; choose one of {', '.join(list_models())}, or your own as PATH.py:NAME"
             )
+        if isinstance(image_size, tuple):
+            raise VizkitError(f"zoo model '{name}' takes square inputs, not {image_size[0]}x{image_size[1]}")
         try:
             model = _REGISTRY[name](in_channels=in_channels, image_size=image_size, num_classes=num_classes)
         except RuntimeError as exc:  # e.g. the input is too small for this many poolings
             raise VizkitError(
-                f"model '{name}' does not fit {in_channels}x{image_size}x{image_size} inputs: {exc}"
+                f"model '{name}' does not fit {in_channels}x{image_size}x{image_size} inputs: {first_line(exc)}"
             ) from None
     _check_fits(model, display_name(name), in_channels, image_size, num_classes)
     return model
-
-
-def conv_layer_names(model: nn.Module) -> list[str]:
-    """Names of the model's Conv2d layers, in registration order: `conv1`, `features.3`, `stem.1.conv`, ..."""
-    return [name for name, module in model.named_modules() if isinstance(module, nn.Conv2d)]
-
-
-def last_linear_name(model: nn.Module) -> str | None:
-    """The last nn.Linear (the classifier, in most models): its input is what the projector shows."""
-    names = [name for name, module in model.named_modules() if isinstance(module, nn.Linear)]
-    return names[-1] if names else None
-
-
-def relu_layer_names(model: nn.Module) -> list[str]:
-    """nn.ReLU modules (functional F.relu calls have no module, so no name to hook)."""
-    return [name for name, module in model.named_modules() if isinstance(module, (nn.ReLU, nn.ReLU6))]
-
-
-def require_conv(model: nn.Module, name: str, purpose: str) -> nn.Conv2d:
-    """The named layer if it is a Conv2d; else one error that says what needs one and lists the conv layers."""
-    module = dict(model.named_modules()).get(name)
-    if not isinstance(module, nn.Conv2d):
-        convs = conv_layer_names(model)
-        choice = f"conv layers: {', '.join(convs)}" if convs else "this model has none"
-        raise VizkitError(f"{purpose} needs a conv layer and '{name}' is not one; {choice}")
-    return module
 
 
 def _with_head(

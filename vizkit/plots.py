@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import textwrap
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -64,8 +65,27 @@ def _show_input(ax, image: torch.Tensor, title: str) -> None:  # noqa: ANN001
     ax.axis("off")
 
 
-def activation_figure(activation: torch.Tensor, layer: str, image: torch.Tensor, title: str) -> Figure:
-    """One layer's response to one input: a tile per channel (C, H, W), or a bar per unit (N,).
+def _wrap(text: str, width_inches: float, fontsize: float = 10) -> str:
+    return textwrap.fill(text, max(20, int(width_inches * 72 / (fontsize * 0.55))))  # about 0.55 em a character
+
+
+def wrapped_title(fig: Figure, text: str, fontsize: float = 10) -> float:
+    """A figure title wrapped to the figure's width (a long one was cut off at both sides); returns the
+    height it takes, in inches, for the layout below it."""
+    wrapped = _wrap(text, fig.get_figwidth(), fontsize)
+    fig.suptitle(wrapped, fontsize=fontsize, y=1 - 0.06 / fig.get_figheight(), va="top")
+    return 0.12 + (wrapped.count("\n") + 1) * fontsize * 1.3 / 72
+
+
+def _below_title(fig: Figure, title_inches: float) -> None:
+    fig.tight_layout(rect=(0, 0, 1, 1 - title_inches / fig.get_figheight()))
+
+
+def activation_figure(
+    activation: torch.Tensor, layer: str, image: torch.Tensor, title: str, classes: Sequence[str] | None = None
+) -> Figure:
+    """One step's response to one input: a tile per channel (C, H, W), or a bar per unit (N,), named by class
+    where `classes` is given (the model's output).
 
     Tiles share one colour scale, shown by the colour bar, so channels can be compared with each other.
     """
@@ -74,12 +94,16 @@ def activation_figure(activation: torch.Tensor, layer: str, image: torch.Tensor,
         channels = act.shape[0]
         cols = min(channels, max(4, int(np.ceil(np.sqrt(channels * 1.5)))))
         rows = int(np.ceil(channels / cols))
-        width, height = 1.4 * cols + 2.6, 1.45 * rows + 0.9
+        text = f"{layer}: {channels} channels, {act.shape[1]}x{act.shape[2]} - {title}"
+        width = 1.4 * cols + 2.6
+        lines = _wrap(text, width).count("\n") + 1
+        head = 0.37 + 0.18 * lines  # the title's lines and the first row's channel numbers, in inches
+        height = 1.45 * rows + 0.35 + head
         fig = Figure(figsize=(width, height), dpi=100)
         # margins in inches, set by hand: tight_layout measured every text box and took 0.4 s of a 3 s command
         grid = fig.add_gridspec(
             rows, cols + 2, width_ratios=[1.6] + [1] * cols + [0.12],
-            left=0.15 / width, right=1 - 0.45 / width, bottom=0.1 / height, top=1 - 0.55 / height,
+            left=0.15 / width, right=1 - 0.45 / width, bottom=0.1 / height, top=1 - head / height,
             wspace=0.15, hspace=0.3,
         )  # fmt: skip
         _show_input(fig.add_subplot(grid[: min(rows, 2), 0]), image, "input")
@@ -91,7 +115,7 @@ def activation_figure(activation: torch.Tensor, layer: str, image: torch.Tensor,
             ax.set_title(str(c), fontsize=8, pad=2)
             ax.axis("off")
         fig.colorbar(shown, cax=fig.add_subplot(grid[:, -1]))
-        fig.suptitle(f"{layer}: {channels} channels, {act.shape[1]}x{act.shape[2]} - {title}", fontsize=10)
+        wrapped_title(fig, text)
         return fig
     values = act.flatten().numpy()
     fig = Figure(figsize=(max(6.0, min(16.0, 0.12 * len(values) + 3)), 3.2), dpi=100)
@@ -99,10 +123,13 @@ def activation_figure(activation: torch.Tensor, layer: str, image: torch.Tensor,
     _show_input(fig.add_subplot(grid[0, 0]), image, "input")
     ax = fig.add_subplot(grid[0, 1])
     ax.bar(np.arange(len(values)), values, color=np.where(values >= 0, "tab:blue", "tab:red"))
-    ax.set(xlabel="unit", ylabel="activation")
+    if classes is not None and len(classes) == len(values):
+        ax.set_xticks(np.arange(len(values)), [str(c) for c in classes], rotation=45 if len(values) > 12 else 0)
+        ax.set(xlabel="class", ylabel="value")
+    else:
+        ax.set(xlabel="unit", ylabel="activation")
     ax.grid(axis="y", alpha=0.3)
-    fig.suptitle(f"{layer}: {len(values)} units - {title}", fontsize=10)
-    fig.tight_layout()
+    _below_title(fig, wrapped_title(fig, f"{layer}: {len(values)} units - {title}"))
     return fig
 
 
@@ -206,7 +233,10 @@ def top_losses_figure(
         ax.set_title(
             f"true {classes[int(labels[i])]}\npred {classes[int(preds[i])]} {100 * float(probs[i]):.0f}%", fontsize=8
         )
-    fig.suptitle("top losses: the most confidently wrong test images", fontsize=10)
+    if bool((labels == preds).all()):  # no mistake among them (a perfect model): these are the least confident
+        fig.suptitle("top losses: no test image was wrong; the least confident right answers", fontsize=10)
+    else:
+        fig.suptitle("top losses: the most confidently wrong test images", fontsize=10)
     fig.tight_layout()
     return fig
 
@@ -260,8 +290,7 @@ def explain_figure(
         ax.imshow(image.numpy(), cmap="viridis")
         ax.set_title(f"{layer}: feature maps of the first {len(tiles)} channels (one colour scale)", fontsize=9)
         ax.axis("off")
-    fig.suptitle(title, fontsize=10)
-    fig.tight_layout()
+    _below_title(fig, wrapped_title(fig, title))
     return fig
 
 
@@ -276,8 +305,7 @@ def tiles_figure(tiles: torch.Tensor, title: str) -> Figure:
         ax.axis("off")
     for i, ax in enumerate(axes.flat[:n]):
         _show_input(ax, tiles[i], str(i))
-    fig.suptitle(title, fontsize=10)
-    fig.tight_layout()
+    _below_title(fig, wrapped_title(fig, title))
     return fig
 
 

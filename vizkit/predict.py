@@ -19,9 +19,10 @@ import torch
 
 from vizkit.cli import run_cli
 from vizkit.export import Normalized
+from vizkit.graph import forward_graph, probabilities
 from vizkit.inputs import add_model_args, load_model
 from vizkit.plots import prediction_figure, save_figure
-from vizkit.preprocess import image_files, load_image, prepare
+from vizkit.preprocess import image_files, load_image, prepare_for
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -32,7 +33,9 @@ def build_parser() -> argparse.ArgumentParser:
     )
     add_model_args(p)
     p.add_argument("images", nargs="+", metavar="IMAGE_OR_DIR", help="photos, or folders of photos")
-    p.add_argument("--json", action="store_true", help="one JSON object per line: file, prediction, probabilities")
+    p.add_argument(
+        "--json", action="store_true", help="one JSON object per line: file, prediction, class, probabilities"
+    )
     p.add_argument("--show", metavar="OUT.png", help="save a figure: the photo, the input the model saw, the bars")
     p.add_argument("--top", type=int, default=3, help="candidates printed per image (default: 3)")
     return p
@@ -48,9 +51,10 @@ def main(argv: list[str] | None = None) -> int:
         classes = ckpt["classes"]
         # Read and prepare everything first: a bad file stops the command before anything is printed.
         photos = [load_image(f) for f in files]
-        inputs = torch.cat([prepare(img, ckpt["input_shape"]) for img in photos])
+        inputs = torch.cat([prepare_for(img, ckpt) for img in photos])
         with torch.no_grad():
-            probs = wrapped(inputs).softmax(1).numpy()
+            kind = forward_graph(model, ckpt["input_shape"]).output_kind  # logits, or (log-)probabilities
+            probs = probabilities(wrapped(inputs), kind).numpy()
         for f, p in zip(files, probs, strict=True):
             if args.json:
                 print(
@@ -58,6 +62,7 @@ def main(argv: list[str] | None = None) -> int:
                         {
                             "file": str(f),
                             "prediction": int(p.argmax()),
+                            "class": classes[int(p.argmax())],
                             "probabilities": p.astype(float).round(6).tolist(),
                         }
                     )

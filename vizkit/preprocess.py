@@ -1,4 +1,4 @@
-"""A person's photo of a digit, prepared the way MNIST's digits were prepared.
+"""A person's photo, prepared for a model: a digit the way MNIST's digits were prepared, anything else fitted.
 
 MNIST digits are light ink on black, scaled so the longer side is 20 px, and placed in 28 x 28 so their
 centre of mass is at the centre. A photo is dark ink on light paper, anywhere on the page, any size:
@@ -111,15 +111,30 @@ def mnist_style(img: Image.Image, size: int | tuple[int, int] = 28, box: int = 2
     return out
 
 
-def prepare(img: Image.Image, input_shape: list[int] | tuple[int, ...]) -> torch.Tensor:
-    """A photo -> the (1, C, H, W) float tensor of pixels in [0, 1] a model of `input_shape` expects."""
+def prepare(
+    img: Image.Image, input_shape: list[int] | tuple[int, ...], digits: bool = True, dark_background: bool = True
+) -> torch.Tensor:
+    """A photo -> the (1, C, H, W) float tensor of pixels in [0, 1] a model of `input_shape` expects.
+
+    A grey model of `digits` gets the photo as MNIST's digits were made (mnist_style); any other model gets it
+    fitted to its size, grey ones inverted where the photo's border is light and the training images'
+    background is dark (`dark_background`, as in Fashion-MNIST), so the background matches what it learnt."""
     channels, height, width = input_shape[0], input_shape[-2], input_shape[-1]
-    if channels == 1:  # the digit in MNIST's proportion, 20 of 28, of the shorter side
+    if channels == 1 and digits:  # the digit in MNIST's proportion, 20 of 28, of the shorter side
         box = round(min(height, width) * 20 / 28)
         return torch.from_numpy(mnist_style(img, size=(height, width), box=box))[None, None]
-    # colour datasets (CIFAR-10) are whole scenes: just fit the photo
-    rgb = img.convert("RGB").resize((width, height), Image.Resampling.LANCZOS)
-    return torch.from_numpy(np.asarray(rgb, dtype=np.float32) / 255.0).permute(2, 0, 1)[None]
+    # whole pictures (CIFAR-10, a person's own classes): just fit the photo
+    fitted = img.convert("L" if channels == 1 else "RGB").resize((width, height), Image.Resampling.LANCZOS)
+    a = np.asarray(fitted, dtype=np.float32).reshape(height, width, channels) / 255.0
+    if channels == 1 and dark_background and np.median(np.concatenate([a[0], a[-1], a[:, 0], a[:, -1]])) > 0.5:
+        a = 1.0 - a
+    return torch.from_numpy(np.ascontiguousarray(a)).permute(2, 0, 1)[None]
+
+
+def prepare_for(img: Image.Image, ckpt: dict) -> torch.Tensor:
+    """prepare() as a checkpoint's model needs it: digits only for MNIST, its data's background from its mean."""
+    digits = ckpt.get("dataset") == "mnist"
+    return prepare(img, ckpt["input_shape"], digits, sum(ckpt["mean"]) / len(ckpt["mean"]) < 0.5)
 
 
 def naive(img: Image.Image, size: int = 28) -> np.ndarray:

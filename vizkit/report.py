@@ -23,12 +23,11 @@ from PIL import Image
 from vizkit.analysis import format_summary, model_summary
 from vizkit.checkpoint import find_checkpoint, open_checkpoint, read_checkpoint
 from vizkit.cli import run_cli
-from vizkit.data import load_test_split
 from vizkit.errors import VizkitError
 from vizkit.export import Normalized
 from vizkit.files import atomic_write_text
-from vizkit.hooks import capture
-from vizkit.models import conv_layer_names
+from vizkit.graph import capture, forward_graph, probabilities
+from vizkit.inputs import test_images
 from vizkit.plots import feature_grid, kernels_figure
 
 FEATURE_IMAGES = 4  # test images whose feature maps the report shows
@@ -87,19 +86,48 @@ def load_run(run_dir: Path) -> dict[str, Any]:
     return {"dir": run_dir, "metrics": metrics, "checkpoint": find_checkpoint(str(run_dir))}
 
 
+def feature_maps(
+    model: torch.nn.Module, ckpt: dict[str, Any], checkpoint: Path, steps: list[str], data_dir: str | None
+) -> str:
+    """Each step's maps for the first test images (or the examples a Run kept); a line saying why where the
+    run's images are not on this machine."""
+    try:
+        test = test_images(ckpt, checkpoint, data_dir)
+    except VizkitError as exc:
+        return f"<p>Not drawn: {html.escape(str(exc))}.</p>"
+    pixels = test.images[:FEATURE_IMAGES].float() / 255
+    graph = forward_graph(model, ckpt["input_shape"])
+    with torch.no_grad(), capture(model, steps, ckpt["input_shape"]) as maps:
+        output = Normalized(model, ckpt["mean"], ckpt["std"])(pixels)
+    classes, preds = ckpt["classes"], probabilities(output, graph.output_kind).argmax(1)
+    labels = [classes[int(y)] for y in test.labels[: len(pixels)]] if test.labels is not None else ["?"] * len(pixels)
+    shown = ", ".join(f"{y} (predicted {classes[int(p)]})" for y, p in zip(labels, preds, strict=True))
+    parts = [f"<p>Images 0 to {len(pixels) - 1} of {html.escape(test.what)}: {html.escape(shown)}. "
+             "A row per image, a tile per channel, one colour scale per step.</p>"]  # fmt: skip
+    for name in steps:
+        parts.append(f"<h4>{name}</h4>" + img(feature_grid(maps[name]), f"feature maps of {name}"))
+    return "\n".join(parts)
+
+
 def run_section(run: dict[str, Any], data_dir: str | None, model_spec: str | None = None) -> str:
     run_dir, metrics = run["dir"], run["metrics"]
     model, ckpt = open_checkpoint(run["checkpoint"], model_spec)
     parts = [f"<h2>Run {html.escape(str(run_dir))}</h2>"]
+    tested = isinstance(metrics.get("test_accuracy"), (int, float))  # a Run whose loop never called evaluate()
     final = [
-        ["test accuracy", f"{100 * metrics['test_accuracy']:.2f}%"],
-        ["test loss", metrics["test_loss"]],
+        ["test accuracy", f"{100 * metrics['test_accuracy']:.2f}%" if tested else "not measured"],
+        ["test loss", metrics.get("test_loss", "not measured")],
         ["best epoch (by validation accuracy)", metrics.get("best_epoch", "")],
         ["best validation accuracy", f"{100 * metrics.get('best_val_accuracy', float('nan')):.2f}%"],
         ["seconds of training", metrics.get("train_seconds", float("nan"))],
     ]
     parts.append("<h3>Final metrics</h3>" + table(final, ["metric", "value"]))
-    parts.append("<h3>Config</h3>" + table([[k, v] for k, v in ckpt["config"].items()], ["key", "value"]))
+    config = ckpt["config"]
+    parts.append("<h3>Config</h3>" + (table([[k, v] for k, v in config.items()], ["key", "value"]) if config else
+                 "<p>None: this run came from a training loop of your own (a Run given no config).</p>"))  # fmt: skip
+    source = ckpt.get("data_source") or ckpt.get("dataset") or "not recorded"
+    where = f" ({ckpt['data_dir']})" if ckpt.get("data_dir") else ""
+    parts.append(f"<p>Data: {html.escape(source + where)}; classes: {html.escape(', '.join(ckpt['classes']))}.</p>")
     for name, title in (
         ("curves.png", "Curves"),
         ("confusion_matrix.png", "Confusion matrix"),
@@ -107,20 +135,15 @@ def run_section(run: dict[str, Any], data_dir: str | None, model_spec: str | Non
     ):
         if (run_dir / name).is_file():
             parts.append(f"<h3>{title}</h3>" + img(run_dir / name, title))
-    convs = conv_layer_names(model)
+    graph = forward_graph(model, ckpt["input_shape"])
+    convs = graph.maps("conv", "add")  # as the Images tab shows them
     if convs:
-        test = load_test_split(ckpt.get("dataset", "mnist"), data_dir or ckpt["config"].get("data_dir", "data"))
-        pixels = test.images[:FEATURE_IMAGES].float() / 255
-        with torch.no_grad(), capture(model, convs) as maps:
-            preds = Normalized(model, ckpt["mean"], ckpt["std"])(pixels).argmax(1)
-        labels = ", ".join(f"{ckpt['classes'][int(y)]} (predicted {ckpt['classes'][int(p)]})"
-                           for y, p in zip(test.labels[:FEATURE_IMAGES], preds, strict=True))  # fmt: skip
-        parts.append(f"<h3>Feature maps</h3><p>Test images 0 to {FEATURE_IMAGES - 1}: {html.escape(labels)}. "
-                     "A row per image, a tile per channel, one colour scale per layer.</p>")  # fmt: skip
-        for name in convs:
-            parts.append(f"<h4>{name}</h4>" + img(feature_grid(maps[name]), f"feature maps of {name}"))
-        first = dict(model.named_modules())[convs[0]]
-        parts.append(f"<h3>Kernels of {convs[0]}</h3>" + img(kernels_figure(first.weight, convs[0]), "kernels"))
+        parts.append("<h3>Feature maps</h3>" + feature_maps(model, ckpt, run["checkpoint"], convs, data_dir))
+        modules = dict(model.named_modules())
+        kernels = [s.module for s in graph.steps if isinstance(modules.get(s.module), torch.nn.Conv2d)]
+        if kernels:  # a functional F.conv2d has its weight elsewhere: no kernels to show
+            figure = kernels_figure(modules[kernels[0]].weight, kernels[0])
+            parts.append(f"<h3>Kernels of {kernels[0]}</h3>" + img(figure, "kernels"))
     summary = format_summary(model_summary(model, ckpt["input_shape"]))
     parts.append(f"<h3>Model summary</h3><pre>{html.escape(summary)}</pre>")
     return "\n".join(parts)

@@ -34,7 +34,6 @@ from vizkit.analysis import (
     activation_stats,
     confusion_matrix,
     format_summary,
-    layer_outputs,
     model_device,
     model_summary,
     parameter_histograms,
@@ -48,14 +47,16 @@ from vizkit.data import DATASETS
 from vizkit.errors import VizkitError, first_line
 from vizkit.export import check_onnx, export_onnx
 from vizkit.files import atomic_write_text, remove_stale_temporaries
+from vizkit.graph import first_tensor, forward_graph, step_outputs
 from vizkit.hooks import modes_kept
 from vizkit.logger import RunLogger
-from vizkit.models import absolute_spec, conv_layer_names, display_name, last_linear_name, relu_layer_names
+from vizkit.models import absolute_spec, display_name
 from vizkit.plots import confusion_figure, curves_figure, save_figure, top_losses_figure
 
 log = logging.getLogger(__name__)
 
 FEATURE_IMAGES = 4  # images of the sample that trace the graph
+TORCHVISION_NAMES = {"MNIST": "mnist", "FashionMNIST": "fashion-mnist", "CIFAR10": "cifar10"}  # class -> dataset
 ONNX_TOLERANCE = 1e-4
 SPLIT_TAGS = {  # history key -> (sub-run, TensorBoard tag): train and val curves on one chart (logger.py)
     "train_loss": ("train", "Loss"),
@@ -147,12 +148,16 @@ class Run:
         stats_sample: torch.Tensor | None = None,
         resume_step: int | None = None,
         existing: bool = False,
+        data_dir: str | Path | None = None,
     ) -> None:
         """`model_spec` names the model's code (a zoo name, `PATH.py:NAME` or `module:NAME`; default: its class,
         with `model_args` the keyword arguments it was built with). `epochs`, if known, spreads the feature-map
         images over at most 10 epochs. `stats_sample` (default: `sample`) is what activation statistics are
         measured on. `resume_step` reopens an existing `run_dir` for --resume: TensorBoard drops what was
-        logged at or after that step. `existing` takes `run_dir` as it is (the runner made it, with its config)."""
+        logged at or after that step. `existing` takes `run_dir` as it is (the runner made it, with its config).
+        `data_dir`: where the dataset's files are (default: the `root` of the loaders' torchvision dataset, when
+        epoch() or evaluate() is given one), so the inspection commands find its test set from any folder.
+        Not told its `dataset`, the run also keeps the first 16 images of `sample` for them (checkpoint.py)."""
         if isinstance(model, (nn.DataParallel, nn.parallel.DistributedDataParallel)):
             model = model.module
         if log not in ("full", "scalars", "off"):
@@ -168,9 +173,13 @@ class Run:
         if len(self.mean) != channels or len(self.std) != channels:
             raise VizkitError(f"mean and std need {channels} value(s) each, one per input channel")
         with torch.no_grad(), modes_kept(model):
-            outputs = model(self.sample[:2]).shape[-1]
+            outputs = first_tensor(model(self.sample[:2]), model).shape[-1]
+        # where the data came from, for the record; a loop's own data is taken for a known dataset of its shape
+        self.data_source = dataset or "your own training loop"
         self.dataset = dataset or guess_dataset(self.input_shape, outputs)
-        default_classes = DATASETS[self.dataset].classes if self.dataset else [str(i) for i in range(outputs)]
+        default_classes = (
+            DATASETS[self.dataset].classes if self.dataset in DATASETS else [str(i) for i in range(outputs)]
+        )
         self.classes = list(classes or default_classes)
         self.spec = absolute_spec(model_spec) if model_spec is not None else spec_of(model)
         self.config = dict(config or {})
@@ -188,10 +197,18 @@ class Run:
             "std": self.std,
             "input_shape": self.input_shape,
             "dataset": self.dataset,
+            "data_source": self.data_source,
+            "data_dir": str(Path(data_dir).resolve()) if data_dir else None,
         }
-        self.convs = conv_layer_names(model)
-        self.relus = relu_layer_names(model)
-        self.projector_layer = last_linear_name(model)
+        if dataset is None:  # its test set may not be found later (or be another): the inspection commands use these
+            self.fields["examples"] = self._pixels(self.sample[:16])
+        self._classes_given = classes is not None
+        self.graph = forward_graph(model, self.input_shape)
+        # feature maps: every conv step and residual addition (what the next layer receives)
+        self.convs = self.graph.maps("conv", "add")
+        self.relus = self.graph.relus()
+        linears = self.graph.names("linear")  # the projector shows what the last Linear takes
+        self.projector_layer = linears[-1] if linears else None
         self.logger = RunLogger(self.dir, log, epochs, purge_step=resume_step)
         self.log_every = log_every
         self.history: list[dict[str, Any]] = []
@@ -209,11 +226,11 @@ class Run:
     def _start(self) -> None:
         what = f"model '{display_name(self.spec) or type(self.model).__name__}'"
         if not self.convs:
-            log.warning("%s has no nn.Conv2d layer: no feature maps are logged (Grad-CAM needs one too)", what)
+            log.warning("%s has no conv step: no feature maps are logged (Grad-CAM needs one too)", what)
         if not self.relus:
-            log.warning("%s has no nn.ReLU module (F.relu has none to hook): no activation statistics", what)
+            log.warning("%s has no ReLU step: no activation statistics", what)
         if not self.projector_layer:
-            log.warning("%s has no nn.Linear layer: the projector is not logged", what)
+            log.warning("%s has no Linear step: the projector is not logged", what)
         if self.fields["model_source"]:  # a copy of the user's code, for the record (never imported from here)
             source = Path(self.fields["model_source"]["path"])
             (self.dir / SOURCE_DIR).mkdir(exist_ok=True)
@@ -284,8 +301,9 @@ class Run:
         )
         if seconds is None:  # the loop's own time for this epoch (its training and its test pass)
             seconds = time.perf_counter() - self._mark
+        self._note_data_dir(val_loader)
         if val_loader is not None and (val_loss is None or val_accuracy is None):
-            pred = predict(self.model, val_loader)
+            pred = predict(self.model, val_loader, self.input_shape)
             val_loss = pred.loss if val_loss is None else val_loss
             val_accuracy = pred.accuracy if val_accuracy is None else val_accuracy
         if train_loss is None and self._epoch_steps:
@@ -306,7 +324,8 @@ class Run:
             if key in row:
                 self.logger.split_scalars(split, {tag: row[key]}, epoch)
         if self.convs and self.logger.wants_images(epoch):
-            self.logger.feature_maps(layer_outputs(self.model, self.convs, self.sample[:1]), epoch)
+            kinds = {s.name: s.op for s in self.graph.steps}
+            self.logger.feature_maps(step_outputs(self.model, self.convs, self.sample[:1]), kinds, epoch)
         if self.logger.full:
             self.logger.histograms(parameter_histograms(self.model), epoch)
         if self.relus and self.logger.full:
@@ -342,14 +361,14 @@ class Run:
         """The final evaluation of the model as it is, on (x, y) test batches: loss, accuracy, confusion matrix,
         per-class accuracy and top losses (PNG and TensorBoard), PR curves and the projector (the input of the
         last Linear for the first `embed` images). Returns those numbers; metrics.json gets them on exit."""
-        pred = predict(self.model, loader, self.projector_layer, keep_inputs=True)
-        mean = torch.tensor(self.mean).view(1, -1, 1, 1)
-        std = torch.tensor(self.std).view(1, -1, 1, 1)
-        pixels = (pred.inputs * std + mean).clamp(0, 1)  # what the images were before normalisation
+        self._note_data_dir(loader)
+        pred = predict(self.model, loader, self.input_shape, self.projector_layer, keep_inputs=True)
+        images = self._pixels(pred.inputs)  # what the images were before normalisation
+        pixels = images.float() / 255
         cm = confusion_matrix(pred.labels, pred.preds, len(self.classes))
         per_class = per_class_accuracy(cm)
         worst = top_losses(pred)
-        images = (pixels[worst] * 255).round().byte()
+        images = images[worst]
         figures = {
             "confusion_matrix": confusion_figure(cm, self.classes),
             "top_losses": top_losses_figure(
@@ -367,6 +386,28 @@ class Run:
             "per_class_accuracy": per_class,
         }
         return dict(self.test)
+
+    def _pixels(self, x: torch.Tensor) -> torch.Tensor:
+        """Normalised inputs back to uint8 pixels (N, C, H, W) on the CPU."""
+        mean = torch.tensor(self.mean).view(1, -1, 1, 1)
+        std = torch.tensor(self.std).view(1, -1, 1, 1)
+        return ((x.detach().float().cpu() * std + mean).clamp(0, 1) * 255).round().byte()
+
+    def _note_data_dir(self, loader: object) -> None:
+        """A torchvision dataset's `root` (through DataLoader and Subset), where its files are, and which dataset
+        its class is: recorded (before the first checkpoint, when epoch() is given the loader)."""
+        dataset = getattr(loader, "dataset", None)
+        while dataset is not None and not hasattr(dataset, "root"):
+            dataset = getattr(dataset, "dataset", None)
+        root = getattr(dataset, "root", None)
+        if self.fields["data_dir"] is not None or not isinstance(root, (str, Path)) or not Path(root).is_dir():
+            return
+        self.fields["data_dir"] = str(Path(root).resolve())
+        name = TORCHVISION_NAMES.get(type(dataset).__name__)
+        if name is not None and DATASETS[name].channels == self.input_shape[0]:
+            self.dataset = self.fields["dataset"] = name
+            if not self._classes_given:
+                self.classes = self.fields["classes"] = list(DATASETS[name].classes)
 
     def note(self, **values: Any) -> None:
         """Extra entries for metrics.json (the runner records its number of processes)."""
@@ -410,11 +451,10 @@ class Run:
             return None
         # A CPU copy in eval mode: the model being trained stays where and as it is.
         model = copy.deepcopy(self.model).cpu().eval()
-        mean = torch.tensor(self.mean).view(1, -1, 1, 1)
-        std = torch.tensor(self.std).view(1, -1, 1, 1)
-        pixels = (self.stats_sample[:64].detach().float().cpu() * std + mean).clamp(0, 1)
+        pixels = self._pixels(self.stats_sample[:64]).float() / 255
         try:
-            path = export_onnx(model, self.mean, self.std, self.input_shape, self.dir / "model.onnx")
+            output = self.graph.output_kind
+            path = export_onnx(model, self.mean, self.std, self.input_shape, self.dir / "model.onnx", output)
             diff = check_onnx(path, model, self.mean, self.std, pixels)
         except Exception as exc:  # the exporter does not take every model; the rest of the run still counts
             log.warning("model.onnx could not be exported: %s", first_line(exc))

@@ -21,7 +21,7 @@ from vizkit import distributed
 from vizkit.checkpoint import read_checkpoint, trusted_spec
 from vizkit.cli import run_cli
 from vizkit.config import TrainConfig
-from vizkit.data import get_spec, load_dataset
+from vizkit.data import get_spec, is_folder_dataset, load_dataset
 from vizkit.distributed import Dist
 from vizkit.engine import Interrupted, StopFlag, fit, pick_device
 from vizkit.errors import VizkitError
@@ -58,7 +58,7 @@ def build_parser() -> argparse.ArgumentParser:
         f"model: {', '.join(list_models())}, or your own as PATH.py:NAME or package.module:NAME "
         "(NAME a class or a function returning an nn.Module; its arguments: --set model_args.KEY=VALUE)",
     )
-    flag("--dataset", "dataset: mnist, fashion-mnist, cifar10")
+    flag("--dataset", "dataset: mnist, fashion-mnist, cifar10, or a folder of your images, a sub-folder per class")
     flag("--epochs", "number of epochs", type=int)
     flag("--batch-size", "training batch size", type=int)
     flag("--lr", "learning rate (the peak rate with onecycle)", type=float)
@@ -106,8 +106,9 @@ def resolve_config(args: argparse.Namespace) -> TrainConfig:
     else:
         cfg = cfgmod.load_config(args.config) if args.config else TrainConfig()
         cfg = cfgmod.from_dict(overrides, "command line", cfg)
-    # a model file is recorded by its absolute path, so the run resumes and opens from any directory
-    return dataclasses.replace(cfg, model=absolute_spec(cfg.model))
+    # a model file and an image folder are recorded by their absolute paths: the run resumes and opens anywhere
+    dataset = str(Path(cfg.dataset).expanduser().resolve()) if is_folder_dataset(cfg.dataset) else cfg.dataset
+    return dataclasses.replace(cfg, model=absolute_spec(cfg.model), dataset=dataset)
 
 
 def load_resume(run_dir: Path, cfg: TrainConfig, named_model: bool) -> dict[str, Any]:
@@ -155,12 +156,12 @@ def train_main(
             f"--batch-size {cfg.batch_size} is the global batch and does not divide among {d.world} processes; "
             f"use a multiple of {d.world}"
         )
-    spec = get_spec(cfg.dataset)
+    spec = get_spec(cfg.dataset, cfg.image_size)
     # an unknown model, or one that does not fit the dataset, fails here, before any data is loaded
     get_model(cfg.model, spec.channels, spec.size, len(spec.classes), cfg.model_args)
     if not d.main:
         distributed.barrier(d)  # rank 0 fetches the data first; the others then read it
-    data = load_dataset(cfg.dataset, cfg.data_dir, cfg.limit_train, cfg.val_size)
+    data = load_dataset(cfg.dataset, cfg.data_dir, cfg.limit_train, cfg.val_size, cfg.seed, cfg.image_size)
     if d.main:
         distributed.barrier(d)
     if resume_dir:

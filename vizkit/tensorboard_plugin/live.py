@@ -54,50 +54,58 @@ def describe(loaded: Loaded) -> dict[str, Any]:
         "model": display_name(ckpt.get("model") or "") or type(loaded.model).__name__,
         "classes": list(ckpt["classes"]),
         "input_shape": list(ckpt["input_shape"]),
-        "dataset": ckpt.get("dataset"),
+        "dataset": Path(ckpt["dataset"]).name if ckpt.get("dataset") else None,  # a folder's own name
+        "test_images": test_images_label(ckpt),
+        "digits": ckpt.get("dataset") == "mnist",  # the page says "digit" only then
         "mean": list(ckpt["mean"]),
         "std": list(ckpt["std"]),
         "viridis": viridis().tobytes().hex(),  # the colour map of vizkit.features and the Images tab, from one table
     }
 
 
-_test_sets: dict[tuple[str, str], Any] = {}
+def test_images_label(ckpt: dict[str, Any]) -> str | None:
+    """What the page's test-image picker picks from (inputs.test_images), or None where there is nothing."""
+    examples = ckpt.get("examples")
+    if ckpt.get("dataset") and (examples is None or ckpt.get("data_dir")):
+        return f"{Path(ckpt['dataset']).name} test set"
+    return f"the {len(examples)} examples the run kept" if examples is not None else None
 
 
-def test_image(ckpt: dict[str, Any], index: int, logdir: Path | None) -> tuple[torch.Tensor, int]:
-    """Test image `index` of the dataset the model was trained on, as (1, C, H, W) pixels in [0, 1], and its label."""
-    from vizkit.data import load_test_split
+_test_sets: dict[tuple[str, ...], Any] = {}
 
-    dataset = ckpt.get("dataset")
-    if not dataset:
-        raise VizkitError(
-            "this model's inputs match no known dataset, so there are no test images; draw or drop a photo"
-        )
-    recorded = Path(ckpt.get("config", {}).get("data_dir") or "data")
-    # a relative data_dir is where training ran: the current directory, or beside the log directory
-    candidates = [recorded] if recorded.is_absolute() else [recorded, *([logdir.parent / recorded] if logdir else [])]
-    data_dir = next((d for d in candidates if d.is_dir()), candidates[0])
-    key = (dataset, str(data_dir.resolve()))
+
+def test_image(loaded: Loaded, index: int) -> tuple[torch.Tensor, int | None]:
+    """Image `index` of the run's test images (inputs.test_images: its test set where training read it, or the
+    examples a Run kept; nothing is downloaded), as (1, C, H, W) pixels in [0, 1], and its label if known."""
+    from vizkit.data import trained_in
+    from vizkit.inputs import test_images
+
+    ckpt = loaded.ckpt
+    # one copy of a dataset's test set for every run that reads it from the same place; a folder's per split
+    key = (str(ckpt.get("dataset")), str(ckpt.get("data_dir") or ckpt["config"].get("data_dir")),
+           str(trained_in(loaded.checkpoint)), str(ckpt["config"].get("seed")), str(ckpt["input_shape"]))  # fmt: skip
+    if not ckpt.get("dataset"):
+        key = (str(loaded.checkpoint),)
     if key not in _test_sets:
-        _test_sets[key] = load_test_split(dataset, data_dir, fetch=False)  # the tab downloads nothing
+        _test_sets[key] = test_images(ckpt, loaded.checkpoint)
     test = _test_sets[key]
-    if not 0 <= index < len(test):
-        raise VizkitError(
-            f"test image {index} is out of range: the {dataset} test set has {len(test)} images (0 to {len(test) - 1})"
-        )
-    return test.images[index : index + 1].float() / 255, int(test.labels[index])
+    if not 0 <= index < len(test.images):
+        n = len(test.images)
+        raise VizkitError(f"image {index} is out of range: {test.what} has {n} images (0 to {n - 1})")
+    label = int(test.labels[index]) if test.labels is not None else None
+    return test.images[index : index + 1].float() / 255, label
 
 
-def image_input(data_url: str, input_shape: list[int]) -> torch.Tensor:
+def image_input(data_url: str, ckpt: dict[str, Any]) -> torch.Tensor:
     """A drawing or a photo (a data: URL) prepared as vizkit.predict prepares photos."""
-    from vizkit.preprocess import decode_image, prepare
+    from vizkit.preprocess import decode_image, prepare_for
 
     _, _, payload = data_url.partition(",")
     try:
         raw = base64.b64decode(payload, validate=True)
     except ValueError:
         raise VizkitError("the image did not arrive whole (bad base64); draw or drop it again") from None
-    return prepare(decode_image(io.BytesIO(raw), "the image"), input_shape)
+    return prepare_for(decode_image(io.BytesIO(raw), "the image"), ckpt)
 
 
 def _bytes(values: np.ndarray) -> str:
@@ -112,10 +120,11 @@ def to_json(result: Probe, pixels: torch.Tensor, classes: list[str]) -> dict[str
         entry: dict[str, Any] = {
             "name": layer.name,
             "kind": layer.kind,
+            "op": layer.op,
+            "inputs": layer.inputs,
             "blocks": layer.blocks,
-            "stage": layer.stage,
             "shape": list(layer.values.shape),
-            "logits": layer.logits,
+            "output": layer.output,
         }
         if layer.values.dim() == 3:
             levels, entry["min"], entry["max"] = to_levels(layer.values)
@@ -124,7 +133,7 @@ def to_json(result: Probe, pixels: torch.Tensor, classes: list[str]) -> dict[str
             values = layer.values[:MAX_BARS]
             entry["min"], entry["max"] = float(layer.values.min()), float(layer.values.max())
             entry["values"] = [round(float(v), 5) for v in values]
-            if layer.logits and len(values) == len(classes):
+            if layer.output and len(values) == len(classes):
                 entry["labels"] = list(classes)
         layers.append(entry)
     cam = None
@@ -148,7 +157,7 @@ def to_json(result: Probe, pixels: torch.Tensor, classes: list[str]) -> dict[str
     }
 
 
-def update(loaded: Loaded, request: dict[str, Any], logdir: Path | None) -> dict[str, Any]:
+def update(loaded: Loaded, request: dict[str, Any]) -> dict[str, Any]:
     """One update of the tab: the input (drawn, a test image, or a photo), the model's pass, JSON out."""
     started = time.perf_counter()
     ckpt = loaded.ckpt
@@ -158,9 +167,9 @@ def update(loaded: Loaded, request: dict[str, Any], logdir: Path | None) -> dict
         index = request.get("index", 0)
         if isinstance(index, bool) or not isinstance(index, int):
             raise VizkitError("a test image is picked by its number (0, 1, 2, ...)")
-        pixels, label = test_image(ckpt, index, logdir)
+        pixels, label = test_image(loaded, index)
     elif source in ("draw", "photo"):
-        pixels = image_input(str(request.get("image", "")), ckpt["input_shape"])
+        pixels = image_input(str(request.get("image", "")), ckpt)
     else:
         raise VizkitError(f"unknown input source {source!r}: draw, test or photo")
     target = request.get("target")
@@ -170,7 +179,7 @@ def update(loaded: Loaded, request: dict[str, Any], logdir: Path | None) -> dict
     ):
         raise VizkitError(f"class {target!r} is not one of this model's {len(classes)} classes")
     with loaded.lock:
-        result = probe(loaded.model, ckpt["mean"], ckpt["std"], pixels, target)
+        result = probe(loaded.model, ckpt["mean"], ckpt["std"], pixels, target, classes)
     if not torch.isfinite(result.probs).all():
         raise VizkitError(
             "the model's output is not a number (NaN or inf) for this input; its weights may have diverged"

@@ -154,7 +154,7 @@ class VizkitPlugin(base_plugin.TBPlugin):
         from vizkit.tensorboard_plugin import live
 
         try:
-            return _json(live.update(loaded, body, self.logdir))
+            return _json(live.update(loaded, body))
         except VizkitError as exc:
             return _json({"ok": False, "reason": first_line(exc)})
         except Exception as exc:  # the person's model raised on this input: say so in the tab

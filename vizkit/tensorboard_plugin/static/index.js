@@ -59,7 +59,7 @@ export async function render() {
           <button data-source="photo">Photo</button>
         </div>
         <div data-pane="draw">
-          <canvas id="pad" width="280" height="280" aria-label="draw a digit here"></canvas>
+          <canvas id="pad" width="280" height="280" aria-label="draw here"></canvas>
           <div class="row">
             <button id="clear">Clear</button><button id="undo">Undo</button>
             <label>Pen <input id="pen" type="range" min="6" max="40" value="18"></label>
@@ -74,8 +74,8 @@ export async function render() {
           <div class="hint" id="test-range"></div>
         </div>
         <div data-pane="photo" hidden>
-          <div id="drop">Drop a photo of a digit here<br>or <input id="file" type="file" accept="image/*"></div>
-          <div class="hint">Prepared as <code>vizkit.predict</code> prepares photos: light ink on black, 20 px, centred.</div>
+          <div id="drop">Drop a photo here<br>or <input id="file" type="file" accept="image/*"></div>
+          <div class="hint" id="photo-hint">Prepared as <code>vizkit.predict</code> prepares photos.</div>
         </div>
         <h2 style="margin-top: 12px">What the model saw <span class="hint" id="seen-size"></span></h2>
         <canvas id="seen" class="pixels" width="140" height="140"></canvas>
@@ -173,8 +173,11 @@ async function openRun(run) {
   const epoch = model.epoch ? `, epoch ${model.epoch}` : '';
   setStatus(`${model.model} from ${run}/${model.checkpoint}${epoch}; ${model.input_shape.join('×')} inputs, ` +
             `normalised with mean ${model.mean.join(', ')}, std ${model.std.join(', ')}`);
-  byId('test-range').textContent = model.dataset ? `${model.dataset} test set` : 'no test set known for this model';
-  if (state.source === 'test' && !model.dataset) state.source = 'draw';
+  byId('test-range').textContent = model.test_images || 'no test images known for this model';
+  const [channels, height, width] = model.input_shape;
+  byId('photo-hint').textContent = 'Prepared as vizkit.predict prepares photos: ' + (model.digits ?
+    'light ink on black, the digit 20 px, centred.' : `fitted to ${width}×${height}${channels === 1 ? ', grey' : ''}.`);
+  if (state.source === 'test' && !model.test_images) state.source = 'draw';
   selectSource(state.source);
   schedule();
 }
@@ -304,7 +307,8 @@ async function schedule() {
   const body = request();
   if (!body) {
     clearResult();
-    return setStatusHint(state.source === 'draw' ? 'Draw a digit on the black square.' : 'Drop a photo.');
+    const what = state.model.digits ? 'a digit' : `one of: ${state.model.classes.join(', ')}`;
+    return setStatusHint(state.source === 'draw' ? `Draw ${what} on the black square.` : 'Drop a photo.');
   }
   state.busy = true;
   const started = performance.now();
@@ -357,7 +361,7 @@ function show(answer, roundTrip) {
   byId('seen-size').textContent = `(${answer.input.width}×${answer.input.height})`;
   drawCam(byId('cam'), answer.input, answer.cam);
   byId('cam-layer').textContent = answer.cam ? `on ${answer.cam.layer}, for class ${classes[answer.target]}` :
-                                               `(${answer.cam_error || 'this model has no conv layer'})`;
+                                               `(${answer.cam_error || 'this model has no conv step'})`;
   byId('timing').textContent = `update: ${answer.server_ms.toFixed(1)} ms on the server, ` +
                                `${roundTrip.toFixed(0)} ms round trip`;
   drawLayers(answer.layers);
@@ -431,10 +435,12 @@ function drawLayers(layers) {
       card.dataset.layer = layer.name;
       card.innerHTML = '<h3></h3><div class="scale"></div><canvas></canvas>';
     }
+    // what the step is (conv, activation, pool, add, ...), what was called, and which steps feed it
     const blocks = layer.blocks.length ? ` = output of ${layer.blocks.join(', ')}` : '';
-    const what = layer.logits ? 'logits, one bar per class' : layer.stage;
-    card.querySelector('h3').innerHTML = `${escape(layer.name)} <span class="meta">${escape(layer.kind)}` +
-      `${escape(blocks)} · ${layer.shape.join('×')} · ${escape(what)}</span>`;
+    const what = layer.output ? `${layer.output}, one bar per class` : layer.kind;
+    const from = layer.inputs.length ? ` · from ${layer.inputs.join(' + ')}` : '';
+    card.querySelector('h3').innerHTML = `${escape(layer.name)} <span class="meta">${escape(layer.op)}` +
+      `${escape(blocks)} · ${layer.shape.join('×')} · ${escape(what)}${escape(from)}</span>`;
     if (layer.data) drawMaps(card, layer, width);
     else drawBars(card, layer, width);
     return card;
