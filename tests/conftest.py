@@ -7,6 +7,7 @@ import re
 import shutil
 import subprocess
 import sys
+import tempfile
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -20,6 +21,9 @@ CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
 # VIZKIT_TEST_DEVICE=cuda runs the suite's training and Run tests on the GPU (and refuses to start without one);
 # the default, auto, is what vizkit.train does: CUDA where there is one
 DEVICE = os.environ.get("VIZKIT_TEST_DEVICE", "auto")
+# the suite's own vizkit data folder (its signing key), also for the commands it runs as subprocesses:
+# the person's real key is never read or made by a test
+os.environ["VIZKIT_HOME"] = tempfile.mkdtemp(prefix="vizkit-home-")
 
 
 def pytest_configure(config: pytest.Config) -> None:

@@ -14,7 +14,7 @@ import pytest
 import torch
 from PIL import Image
 
-from vizkit import features, netron_view, predict, train
+from vizkit import explain, features, netron_view, predict, report, train
 from vizkit.checkpoint import save_checkpoint
 from vizkit.data import MNIST_FILES_MD5
 from vizkit.models import get_model
@@ -50,6 +50,23 @@ def env(small_run, data_dir, tmp_path_factory):
         shutil.copy(data_dir / "MNIST" / "raw" / name, bad_data / name)
     with open(bad_data / "t10k-images-idx3-ubyte", "r+b") as f:
         f.truncate(1000)  # the wrong size
+    (root / "folder.png").mkdir()  # an output path that is a folder
+    (root / "empty.onnx").write_bytes(b"")
+    Image.new("LAB", (40, 40)).save(root / "lab.tif")
+    Image.fromarray(np.where(np.arange(1600).reshape(40, 40) % 40 < 20, 30, 220).astype(np.uint8)).save(
+        root / "paper.png"
+    )  # half ink, half paper: a photo that reads
+    for name, change in {
+        "empty-mean": {"mean": []},
+        "string-mean": {"mean": ["0.1307"]},
+        "three-means": {"mean": [0.5, 0.5, 0.5], "std": [0.5, 0.5, 0.5]},
+        "nan-std": {"std": [float("nan")]},
+        "data-dir-list": {"config": {**fields["config"], "data_dir": ["data"]}},
+    }.items():
+        torch.save({**fields, **change}, root / f"{name}.pth")
+    for name, text in {"list": "[]", "empty": "{}"}.items():
+        shutil.copytree(run, root / f"metrics-{name}")
+        (root / f"metrics-{name}" / "metrics.json").write_text(text)
     return root
 
 
@@ -68,6 +85,57 @@ CASES = {
     "TOML syntax error": (train, ["--config", "{root}/bad.toml"], "line 2"),
     "--epochs 0": (train, ["--epochs", "0"], "'epochs' must be at least 1"),
     "negative learning rate": (train, ["--lr", "-0.1"], "'lr' must be a positive number"),
+    "output path that is a folder (features --out)": (
+        features,
+        ["--run", "{root}/run", "--out", "{root}/folder.png"],
+        "folder.png: Is a directory; choose another output path",
+    ),
+    "output path under a file (explain --out)": (
+        explain,
+        ["--run", "{root}/run", "--out", "{root}/notes.pth/why.png"],
+        "cannot write",
+    ),
+    "output path that is a folder (predict --show)": (
+        predict,
+        ["--run", "{root}/run", "--show", "{root}/folder.png", "{root}/paper.png"],
+        "folder.png: Is a directory",
+    ),
+    "output path under a file (report --out)": (
+        report,
+        ["{root}/run", "--out", "{root}/notes.pth/r.html"],
+        "cannot write",
+    ),
+    "seed past what torch takes (flag)": (train, ["--seed", "100000000000000000000"], "'seed' must be from 0"),
+    "seed past what torch takes (TOML)": (train, ["--set", "seed=100000000000000000000"], "'seed' must be from 0"),
+    "learning rate 1e308": (train, ["--lr", "1e308"], "'lr' must be a positive number up to 1000"),
+    "explain --steps 100000000": (explain, ["--run", "{root}/run", "--steps", "100000000"], "give 1 to 1024"),
+    "netron_view --port 70000": (netron_view, ["{root}/run", "--port", "70000", "--no-browser"], "not a port"),
+    "netron_view --port -1": (netron_view, ["{root}/run", "--port=-1", "--no-browser"], "not a port"),
+    "three means for a one-channel dataset": (
+        train,
+        ["--set", "mean=[0.5,0.5,0.5]", "--set", "std=[0.5,0.5,0.5]", "--run-dir", "{root}/new"],
+        "give one per channel",
+    ),
+    "--std nan": (features, ["--run", "{root}/run", "--std", "nan"], "std > 0"),
+    "--std 0": (features, ["--run", "{root}/run", "--std", "0"], "std > 0"),
+    "checkpoint with an empty mean": (features, ["--checkpoint", "{root}/empty-mean.pth"], "mean field is malformed"),
+    "checkpoint with a string mean": (features, ["--checkpoint", "{root}/string-mean.pth"], "mean field is malformed"),
+    "checkpoint with a mean per channel the model lacks": (
+        features,
+        ["--checkpoint", "{root}/three-means.pth"],
+        "its mean, std field is malformed",
+    ),
+    "checkpoint with a NaN std": (features, ["--checkpoint", "{root}/nan-std.pth"], "std field is malformed"),
+    "checkpoint whose data_dir is not a string": (
+        features,
+        ["--checkpoint", "{root}/data-dir-list.pth"],
+        "config field is malformed",
+    ),
+    "metrics.json holding []": (report, ["{root}/metrics-list"], "not what vizkit writes"),
+    "metrics.json holding {}": (report, ["{root}/metrics-empty"], "not what vizkit writes"),
+    # a LAB TIFF is read as RGB (it was a traceback); a blank one then has nothing to read, in one line
+    "a LAB TIFF": (predict, ["--run", "{root}/run", "{root}/lab.tif"], "no digit found in the image"),
+    "an empty .onnx file": (netron_view, ["{root}/empty.onnx", "--no-browser"], "no graph in it"),
     "data files of the wrong size or MD5": (
         train,
         ["--data-dir", "{root}/data", "--run-dir", "{root}/new"],

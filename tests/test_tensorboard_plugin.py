@@ -210,6 +210,8 @@ def test_routes_answer_with_a_model_or_one_line_reason(tensorboard, logdir):
         status, answer = api(base, "update", body)
         assert status == 200 and not answer["ok"] and words in answer["reason"], answer
     assert api(base, "update", b"{not json")[0] == 400
+    status, answer = api(base, "update", b"[" * 100_000 + b"]" * 100_000)  # nested past Python's recursion limit
+    assert status == 400 and "\n" not in answer["reason"] and "RecursionError" not in log.read_text()
     # the user's own model: each block is named with the layer whose output it hands on
     _, answer = api(base, "update", {"run": "tutorial-004", "source": "test", "index": 0})
     assert answer["ok"], answer

@@ -17,14 +17,18 @@ A bare state dict from a hand-written loop (`torch.save(model.state_dict(), 'cnn
 `state_dict`, `model_state_dict` or `model`) opens too, with --model naming the code and the dataset's
 normalisation unless --mean/--std say otherwise.
 
-Trust: a user model's code is imported only when the person named it (--model), or when the recorded file
-is still at its path with the recorded sha256 (their own file, unchanged since training). A run directory
-shared with someone else therefore runs no code they did not choose, the promise weights_only makes for pickles.
+Trust: a user model's code is imported only when the person named it (--model), or when the checkpoint's
+code record (model, model_args, model_source) carries their own signature (trust.py: made when they trained
+it, or by python -m vizkit.trust after reading the code) and the recorded file is still at its path with the
+recorded sha256. A run directory shared with someone else therefore runs no code they did not choose, the
+promise weights_only makes for pickles.
 """
 
 from __future__ import annotations
 
 import logging
+import math
+import os
 import pickle
 import pickletools
 import re
@@ -38,6 +42,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from vizkit import trust
 from vizkit.data import get_spec
 from vizkit.errors import VizkitError, first_line
 from vizkit.files import atomic_write
@@ -52,13 +57,23 @@ MAX_EXAMPLES = 64  # images a Run keeps for the inspection commands when it know
 
 
 def model_fields(spec: str, model_args: dict[str, Any] | None = None) -> dict[str, Any]:
-    """The `model`, `model_args` and `model_source` entries for a model spec (hashing a user model's file)."""
+    """The `model`, `model_args` and `model_source` entries for a model spec (hashing a user model's file), and
+    for a user model their `signature` with this person's key (trust.py): what they train, they trust."""
     source = None
     if spec and is_user_model(spec):
         path = locate_source(spec)
         if path is not None and path.is_file():
             source = {"path": str(path), "sha256": sha256_file(path)}
-    return {"model": spec, "model_args": dict(model_args or {}), "model_source": source}
+    fields = {"model": spec, "model_args": dict(model_args or {}), "model_source": source}
+    if source is not None:
+        fields["signature"] = trust.sign(fields)
+    return fields
+
+
+def resign(path: Path, ckpt: dict[str, Any]) -> None:
+    """Sign a checkpoint's code record with this person's key (python -m vizkit.trust), rewritten atomically."""
+    signed = {**ckpt, "signature": trust.sign(ckpt)}
+    atomic_write(path, lambda tmp: torch.save(signed, tmp))
 
 
 def save_checkpoint(path: str | Path, model: nn.Module, /, **fields: Any) -> Path:
@@ -142,15 +157,17 @@ def _check_fields(ckpt: dict[str, Any], path: Path) -> None:
         "model_source": source is None
         or (isinstance(source, dict) and isinstance(source.get("path"), str) and isinstance(source.get("sha256"), str)),
         "state_dict": _is_state_dict(ckpt["state_dict"]),
-        "config": isinstance(ckpt["config"], dict),
+        "config": isinstance(ckpt["config"], dict)
+        and all(isinstance(ckpt["config"].get(k, ""), str) for k in ("data_dir", "model", "dataset")),
         "classes": isinstance(ckpt["classes"], list) and len(ckpt["classes"]) > 0,
-        "mean": isinstance(ckpt["mean"], list),
-        "std": isinstance(ckpt["std"], list),
+        "mean": _per_channel(ckpt["mean"], ckpt["input_shape"]),
+        "std": _per_channel(ckpt["std"], ckpt["input_shape"]) and all(v > 0 for v in ckpt["std"]),
         "input_shape": isinstance(ckpt["input_shape"], list)
         and len(ckpt["input_shape"]) == 3
         and all(isinstance(v, int) and v > 0 for v in ckpt["input_shape"]),
         # where the data came from (optional): names and paths, and at most 64 example images of the input shape
         **{k: ckpt.get(k) is None or isinstance(ckpt.get(k), str) for k in ("dataset", "data_dir", "data_source")},
+        "signature": ckpt.get("signature") is None or isinstance(ckpt.get("signature"), str),
         "examples": ckpt.get("examples") is None
         or (
             isinstance(ckpt["examples"], torch.Tensor)
@@ -163,6 +180,12 @@ def _check_fields(ckpt: dict[str, Any], path: Path) -> None:
     bad = [k for k, ok in problems.items() if not ok]
     if bad:
         raise VizkitError(f"{path} is not a valid vizkit checkpoint: its {', '.join(bad)} field is malformed")
+
+
+def _per_channel(values: Any, shape: Any) -> bool:
+    """A finite number per input channel (what the normalisation needs)."""
+    numbers = isinstance(values, list) and all(isinstance(v, (int, float)) and math.isfinite(v) for v in values)
+    return numbers and isinstance(shape, list) and len(shape) == 3 and len(values) == shape[0]
 
 
 def _is_state_dict(value: Any) -> bool:
@@ -242,7 +265,8 @@ def trusted_spec(ckpt: dict[str, Any], path: Path, shared: Path | None = None) -
         what = f"'{spec}'" if spec else "a model vizkit cannot name (built inline, e.g. an nn.Sequential in a script)"
         raise VizkitError(f"{path} was trained with {what} and no source file was recorded; {how}")
     recorded = Path(source["path"]).resolve()
-    run_folder = path.resolve().parent
+    # the folder that holds the checkpoint, not the one a symbolic link to it points into
+    run_folder = Path(os.path.abspath(path)).parent.resolve()
     shared_folder = shared.resolve() if shared is not None else run_folder
     if _inside(recorded, run_folder) or _inside(recorded, shared_folder):
         where = "the checkpoint's own folder" if _inside(recorded, run_folder) else f"the log directory {shared}"
@@ -254,6 +278,11 @@ def trusted_spec(ckpt: dict[str, Any], path: Path, shared: Path | None = None) -
         raise VizkitError(
             f"{path} names its model code in {recorded}, which is {where}, not a model file of yours; "
             f"it is not imported: {how}"
+        )
+    if not trust.signed(ckpt):  # not trained here by this person, or edited since: anyone could have written it
+        raise VizkitError(
+            f"{path} is not signed with your key (a run from someone else, or edited), so {recorded} is not "
+            f"imported; read that file, then: python -m vizkit.trust {path.parent}, or {how}"
         )
     located = locate_source(spec)
     if not recorded.is_file() or located != recorded:
@@ -321,7 +350,8 @@ def open_checkpoint(
         channels = ckpt["input_shape"][0]
         mean, std = list(mean or ckpt["mean"]), list(std or ckpt["std"])
         mean, std = (v * channels if len(v) == 1 else v for v in (mean, std))  # one value: every channel
-        if len(mean) != channels or len(std) != channels or any(s <= 0 for s in std):
+        finite = all(math.isfinite(v) for v in mean + std)
+        if len(mean) != channels or len(std) != channels or not finite or any(s <= 0 for s in std):
             counts = "1 value" if channels == 1 else f"1 or {channels} values"
             raise VizkitError(f"--mean and --std need {counts} each (one per channel), std > 0")
         ckpt.update(mean=mean, std=std, norm_source="from --mean/--std")

@@ -168,8 +168,10 @@ def validate(cfg: TrainConfig, source: str = "config") -> TrainConfig:
     for name in positive:
         if getattr(cfg, name) < 1:
             raise VizkitError(f"{source}: '{name}' must be at least 1, got {getattr(cfg, name)}")
-    if not (cfg.lr > 0 and math.isfinite(cfg.lr)):
-        raise VizkitError(f"{source}: 'lr' must be a positive number, got {cfg.lr}")
+    if not (0 < cfg.lr <= 1e3 and math.isfinite(cfg.lr)):
+        raise VizkitError(f"{source}: 'lr' must be a positive number up to 1000, got {cfg.lr}")
+    if not 0 <= cfg.seed < 2**63:  # what torch.manual_seed takes
+        raise VizkitError(f"{source}: 'seed' must be from 0 to 2**63 - 1, got {cfg.seed}")
     if cfg.image_size < 0:
         raise VizkitError(f"{source}: 'image_size' must be 0 (the most common) or more, got {cfg.image_size}")
     if cfg.limit_train < 0:
@@ -182,8 +184,9 @@ def validate(cfg: TrainConfig, source: str = "config") -> TrainConfig:
         raise VizkitError(f"{source}: 'betas' must be two numbers in [0, 1), got {cfg.betas}")
     if cfg.weight_decay < 0 or cfg.momentum < 0:
         raise VizkitError(f"{source}: 'weight_decay' and 'momentum' must be 0 or more")
-    if len(cfg.mean) != len(cfg.std) or any(s <= 0 for s in cfg.std):
-        raise VizkitError(f"{source}: 'mean' and 'std' must have the same length and std > 0 (or both be empty)")
+    if (len(cfg.mean) != len(cfg.std) or not all(math.isfinite(v) for v in cfg.mean + cfg.std)
+            or any(s <= 0 for s in cfg.std)):  # fmt: skip
+        raise VizkitError(f"{source}: 'mean' and 'std' must have the same length, finite, std > 0 (or both be empty)")
     return cfg
 
 

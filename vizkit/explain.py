@@ -25,6 +25,8 @@ from vizkit.inputs import add_input_args, add_model_args, load_model, load_sampl
 from vizkit.models import display_name
 from vizkit.plots import explain_figure, save_figure
 
+MAX_STEPS = 1024  # integrated gradients: one image per step in one batch
+
 
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m vizkit.explain", description=__doc__.split("\n")[0])
@@ -43,6 +45,8 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
 
     def body() -> int:
+        if not 1 <= args.steps <= MAX_STEPS:  # a batch of that many images: memory, not a better answer
+            raise VizkitError(f"--steps {args.steps}: give 1 to {MAX_STEPS} (32 is plenty)")
         model, ckpt, ckpt_path = load_model(args)
         graph = forward_graph(model, ckpt["input_shape"])
         convs = graph.maps("conv")
@@ -68,7 +72,7 @@ def main(argv: list[str] | None = None) -> int:
         empty = no_evidence(cam, layer, classes[target])
         maps = {
             "gradient saliency": saliency(net, x, target),
-            "integrated gradients": integrated_gradients(net, x, target, max(1, args.steps)),
+            "integrated gradients": integrated_gradients(net, x, target, args.steps),
             f"Grad-CAM ({empty})" if empty else f"Grad-CAM ({layer})": cam,
         }
         truth = f", label {classes[sample.label]}" if sample.label is not None else ""

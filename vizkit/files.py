@@ -6,6 +6,8 @@ import os
 from collections.abc import Callable
 from pathlib import Path
 
+from vizkit.errors import VizkitError
+
 TEMPORARY = ".{name}.tmp-{pid}"  # beside the file it will replace; the pid tells whose it is
 
 
@@ -19,6 +21,17 @@ def atomic_write(path: str | Path, write: Callable[[Path], object]) -> Path:
     finally:
         tmp.unlink(missing_ok=True)
     return path
+
+
+def write_output(path: str | Path, write: Callable[[Path], object]) -> Path:
+    """atomic_write for a file the person names (--out, --show): a path that is a folder, lies under a file or
+    cannot be written is one line; whatever was there before stays as it was."""
+    path = Path(path)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        return atomic_write(path, write)
+    except OSError as exc:
+        raise VizkitError(f"cannot write {path}: {exc.strerror or exc}; choose another output path") from None
 
 
 def atomic_write_bytes(path: str | Path, data: bytes) -> Path:

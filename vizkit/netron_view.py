@@ -59,9 +59,11 @@ def onnx_for(target: str, workdir: Path, args: argparse.Namespace | None = None)
     import onnx
 
     try:
-        onnx.load(str(path), load_external_data=False)
+        model = onnx.load(str(path), load_external_data=False)
     except Exception:  # protobuf raises its own DecodeError, among others
         raise VizkitError(f"{path} is not an ONNX model (it does not parse); export one with vizkit.train") from None
+    if not model.graph.node:  # an empty file parses as an empty model: Netron would wait on it for ever
+        raise VizkitError(f"{path} is an ONNX file with no graph in it (empty?); export one with vizkit.train")
     return path
 
 
@@ -144,6 +146,8 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
 
     def body() -> int:
+        if not 0 <= args.port <= 65535:
+            raise VizkitError(f"--port {args.port} is not a port; give 1 to 65535, or leave it out for a free one")
         with tempfile.TemporaryDirectory(prefix="vizkit-netron-") as workdir:
             path = onnx_for(args.target, Path(workdir), args)
             httpd = serve(path, args.host, args.port)

@@ -11,7 +11,7 @@ import torch
 import torch.nn.functional as F
 from matplotlib.figure import Figure
 
-from vizkit.files import atomic_write
+from vizkit.files import write_output
 
 
 def curves_figure(history: Sequence[dict]) -> Figure:
@@ -37,9 +37,7 @@ def curves_figure(history: Sequence[dict]) -> Figure:
 
 def save_figure(fig: Figure, path: str | Path) -> Path:
     """Save as PNG, atomically: an interrupted save leaves the previous file."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    return atomic_write(path, lambda tmp: fig.savefig(tmp, format="png"))
+    return write_output(path, lambda tmp: fig.savefig(tmp, format="png"))
 
 
 def samples_figure(images: torch.Tensor, labels: torch.Tensor, classes: Sequence[str], cols: int = 10) -> Figure:

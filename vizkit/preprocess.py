@@ -31,6 +31,9 @@ def load_image(path: str | Path) -> Image.Image:
     return decode_image(path, str(path))
 
 
+DRAWABLE_MODES = ("1", "L", "LA", "P", "PA", "RGB", "RGBA", "RGBX", "I", "I;16", "F")  # PIL converts these to L/RGB
+
+
 def decode_image(source: str | Path | IO[bytes], name: str) -> Image.Image:
     """Decode an image from a file or bytes (a photo dropped on vizkit's TensorBoard tab); `name` is what
     the one-line error calls it."""
@@ -44,7 +47,14 @@ def decode_image(source: str | Path | IO[bytes], name: str) -> Image.Image:
                         "crop or shrink the photo first"
                     )
                 img.load()
-                return ImageOps.exif_transpose(img)  # phone photos are often stored sideways
+                img = ImageOps.exif_transpose(img)  # phone photos are often stored sideways
+                if img.mode not in DRAWABLE_MODES:  # CMYK, YCbCr, ...: to RGB here, where a failure is named
+                    try:
+                        img = img.convert("RGB")
+                    except ValueError:
+                        raise VizkitError(f"{name} is a {img.mode} image, which cannot be converted to RGB or grey; "
+                                          "save it as a PNG or JPEG") from None  # fmt: skip
+                return img
     except VizkitError:
         raise
     except (Image.DecompressionBombError, Image.DecompressionBombWarning):

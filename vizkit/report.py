@@ -23,9 +23,9 @@ from PIL import Image
 from vizkit.analysis import format_summary, model_summary
 from vizkit.checkpoint import find_checkpoint, open_checkpoint, read_checkpoint
 from vizkit.cli import run_cli
-from vizkit.errors import VizkitError
+from vizkit.errors import VizkitError, first_line
 from vizkit.export import Normalized
-from vizkit.files import atomic_write_text
+from vizkit.files import write_output
 from vizkit.graph import capture, forward_graph, probabilities
 from vizkit.inputs import test_images
 from vizkit.plots import feature_grid, kernels_figure
@@ -81,8 +81,10 @@ def load_run(run_dir: Path) -> dict[str, Any]:
         raise VizkitError(f"{run_dir} has no metrics.json: the run did not finish (resume it, or train again)")
     try:
         metrics = json.loads(metrics_file.read_text())
-    except json.JSONDecodeError as exc:
-        raise VizkitError(f"{metrics_file} is not valid JSON ({exc})") from None
+    except (json.JSONDecodeError, UnicodeDecodeError, RecursionError) as exc:
+        raise VizkitError(f"{metrics_file} is not valid JSON ({first_line(exc)})") from None
+    if not isinstance(metrics, dict) or not isinstance(metrics.get("history"), list):
+        raise VizkitError(f"{metrics_file} is not what vizkit writes (an object with the run's numbers); train again")
     return {"dir": run_dir, "metrics": metrics, "checkpoint": find_checkpoint(str(run_dir))}
 
 
@@ -215,8 +217,8 @@ def main(argv: list[str] | None = None) -> int:
         out = (
             Path(args.out) if args.out else (runs[0]["dir"] / "report.html" if len(runs) == 1 else Path("report.html"))
         )
-        out.parent.mkdir(parents=True, exist_ok=True)
-        print(atomic_write_text(out, render(runs, args.data_dir, args.model)))
+        page = render(runs, args.data_dir, args.model)
+        print(write_output(out, lambda tmp: tmp.write_text(page, encoding="utf-8")))
         return 0
 
     return run_cli(body, "vizkit.report")

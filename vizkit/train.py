@@ -157,6 +157,9 @@ def train_main(
             f"use a multiple of {d.world}"
         )
     spec = get_spec(cfg.dataset, cfg.image_size)
+    if cfg.mean and len(cfg.mean) != spec.channels:  # before any data is read or a run directory made
+        raise VizkitError(f"mean and std have {len(cfg.mean)} value(s) but {cfg.dataset} has {spec.channels} "
+                          "channel(s); give one per channel")  # fmt: skip
     # an unknown model, or one that does not fit the dataset, fails here, before any data is loaded
     get_model(cfg.model, spec.channels, spec.size, len(spec.classes), cfg.model_args)
     if not d.main:

@@ -143,7 +143,7 @@ class VizkitPlugin(base_plugin.TBPlugin):
             return _json({"ok": False, "reason": f"the image is over {MAX_BODY // 2**20} MB; shrink it first"}, 413)
         try:
             body = json.loads(raw or b"{}")
-        except ValueError:
+        except (ValueError, RecursionError):  # not JSON, or nested past Python's recursion limit
             return _json({"ok": False, "reason": "the request was not JSON"}, 400)
         if not isinstance(body, dict):
             return _json({"ok": False, "reason": "the request was not a JSON object"}, 400)
