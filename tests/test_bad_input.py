@@ -64,6 +64,19 @@ def env(small_run, data_dir, tmp_path_factory):
         "data-dir-list": {"config": {**fields["config"], "data_dir": ["data"]}},
     }.items():
         torch.save({**fields, **change}, root / f"{name}.pth")
+    for folder, files in {
+        "one-class": {"a/1.png": "png"},
+        "broken-images": {"a/1.png": "png", "b/2.png": "text"},
+    }.items():
+        for name, kind in files.items():
+            (root / folder / name).parent.mkdir(parents=True, exist_ok=True)
+            if kind == "png":
+                Image.new("L", (8, 8), 128).save(root / folder / name)
+            else:
+                (root / folder / name).write_text("not an image")
+    shutil.copytree(run, root / "edited-epochs")  # --resume after config.toml's epochs was edited by hand
+    config = root / "edited-epochs" / "config.toml"
+    config.write_text(config.read_text().replace("epochs = 2", "epochs = 5"))
     for name, text in {"list": "[]", "empty": "{}"}.items():
         shutil.copytree(run, root / f"metrics-{name}")
         (root / f"metrics-{name}" / "metrics.json").write_text(text)
@@ -107,7 +120,7 @@ CASES = {
     ),
     "seed past what torch takes (flag)": (train, ["--seed", "100000000000000000000"], "'seed' must be from 0"),
     "seed past what torch takes (TOML)": (train, ["--set", "seed=100000000000000000000"], "'seed' must be from 0"),
-    "learning rate 1e308": (train, ["--lr", "1e308"], "'lr' must be a positive number up to 1000"),
+    "learning rate 1e308": (train, ["--lr", "1e308"], "'lr' must be a positive number up to 1e+30"),
     "explain --steps 100000000": (explain, ["--run", "{root}/run", "--steps", "100000000"], "give 1 to 1024"),
     "netron_view --port 70000": (netron_view, ["{root}/run", "--port", "70000", "--no-browser"], "not a port"),
     "netron_view --port -1": (netron_view, ["{root}/run", "--port=-1", "--no-browser"], "not a port"),
@@ -136,6 +149,16 @@ CASES = {
     # a LAB TIFF is read as RGB (it was a traceback); a blank one then has nothing to read, in one line
     "a LAB TIFF": (predict, ["--run", "{root}/run", "{root}/lab.tif"], "no digit found in the image"),
     "an empty .onnx file": (netron_view, ["{root}/empty.onnx", "--no-browser"], "no graph in it"),
+    # beyond the list: a person's own folder of images
+    "a folder of images with one class": (train, ["--dataset", "{root}/one-class"], "a classifier needs two or more"),
+    "a folder with a file that is no image": (
+        train,
+        ["--dataset", "{root}/broken-images", "--run-dir", "{root}/new"],
+        "2.png is not a readable image",
+    ),
+    "a negative image_size": (train, ["--set", "image_size=-1"], "'image_size' must be 0"),
+    "a --run-dir that is not UTF-8": (train, ["--run-dir", "{root}/run-\udcff"], "'run_dir' is not valid UTF-8"),
+    "--resume after epochs was edited": (train, ["--resume", "{root}/edited-epochs"], "epochs: 2 -> 5"),
     "data files of the wrong size or MD5": (
         train,
         ["--data-dir", "{root}/data", "--run-dir", "{root}/new"],

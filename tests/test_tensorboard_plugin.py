@@ -210,6 +210,11 @@ def test_routes_answer_with_a_model_or_one_line_reason(tensorboard, logdir):
         status, answer = api(base, "update", body)
         assert status == 200 and not answer["ok"] and words in answer["reason"], answer
     assert api(base, "update", b"{not json")[0] == 400
+    lab = io.BytesIO()  # a photo in a mode PIL cannot make grey directly: it was "the model raised ValueError"
+    digit_photo(np.full((28, 28), 0, np.uint8), np.random.default_rng(0)).convert("LAB").save(lab, format="TIFF")
+    image = "data:image/tiff;base64," + base64.b64encode(lab.getvalue()).decode()
+    _, answer = api(base, "update", {"run": "mnist", "source": "photo", "image": image})
+    assert not answer["ok"] and answer["reason"].startswith("no digit found"), answer  # blank paper, read as such
     status, answer = api(base, "update", b"[" * 100_000 + b"]" * 100_000)  # nested past Python's recursion limit
     assert status == 400 and "\n" not in answer["reason"] and "RecursionError" not in log.read_text()
     # the user's own model: each block is named with the layer whose output it hands on

@@ -170,7 +170,9 @@ def test_the_person_s_own_run_opens_and_a_copy_from_elsewhere_needs_trust(person
     monkeypatch.setattr("sys.stdin", Terminal("n\n"))
     assert trust.main([str(shared)]) == 1
     shown = capsys.readouterr().out
-    assert f"imports {person}/code/own.py" in shown and "calls Net()" in shown and "not trusted" in shown
+    lines = len(OWN.splitlines())
+    assert f"runs '{person}/code/own.py' ({lines} lines, unchanged since training)" in shown
+    assert "calls Net() for 1x28x28 inputs and 10 classes" in shown and "not trusted" in shown
     assert features.main(["--run", str(shared), "--list-layers"]) == 2
     # told yes: both checkpoints signed with this person's key, and the run opens (and resumes past the trust)
     monkeypatch.setattr("sys.stdin", Terminal("y\n"))
@@ -196,3 +198,51 @@ class Terminal(io.StringIO):
 
     def isatty(self) -> bool:
         return True
+
+
+def test_a_package_s_init_is_part_of_what_is_trusted(person, monkeypatch, capsys):
+    site = person / "site"
+    (site / "mine").mkdir(parents=True)
+    (site / "mine" / "nets.py").write_text(OWN)
+    monkeypatch.syspath_prepend(str(site))
+    monkeypatch.chdir(person)
+    run = write_run(person / "runs" / "pkg", "mine.nets:Net")  # a namespace package: no __init__ of its own
+    assert features.main(["--run", str(run), "--list-layers"]) == 0
+    (site / "mine" / "__init__.py").write_text(EVIL)  # planted after training: it would run first
+    assert features.main(["--run", str(run), "--list-layers"]) == 2
+    assert "another file would be imported" in capsys.readouterr().err and no_code_ran(person)
+    run = write_run(person / "runs" / "pkg2", "mine.nets:Net")  # trained with it: recorded, hashed, signed
+    assert read_checkpoint(run / "best.pth")["model_source"]["packages"][0]["path"] == str(
+        site / "mine" / "__init__.py"
+    )
+    (site / "mine" / "__init__.py").write_text(EVIL + "\n# edited\n")
+    assert features.main(["--run", str(run), "--list-layers"]) == 2
+    assert "__init__.py, which has changed since training" in capsys.readouterr().err and no_code_ran(person)
+
+
+def test_a_signature_holds_for_its_own_record_only(person, capsys):
+    run = write_run(person / "runs" / "mine", f"{person}/code/own.py:Net")
+    ckpt = torch.load(run / "best.pth", weights_only=True)
+    for change in ({"classes": [str(i) for i in range(11)]}, {"input_shape": [1, 56, 56]},
+                   {"model_args": {"width": (1, 2)}}):  # fmt: skip
+        torch.save({**ckpt, **change}, run / "best.pth")
+        assert not trust.signed({**ckpt, **change}), change
+    torch.save({**ckpt, "signature": "hmac-sha256:\u00e9"}, run / "best.pth")
+    assert features.main(["--run", str(run), "--list-layers"]) == 2
+    assert "signature field is malformed" in capsys.readouterr().err
+
+
+def test_a_key_anyone_could_have_written_is_no_key(person, capsys):
+    write_run(person / "runs" / "mine", f"{person}/code/own.py:Net")  # makes the key
+    key = trust.home() / trust.KEY_FILE
+    key.chmod(0o644)
+    with pytest.raises(VizkitError, match="may be read or written by others"):
+        trust.key()
+    key.write_text("")
+    key.chmod(0o600)
+    with pytest.raises(VizkitError, match="is not a vizkit key"):
+        trust.key()
+    key.unlink()
+    key.symlink_to(person / "code" / "own.py")
+    with pytest.raises(VizkitError, match="cannot read or make the signing key"):
+        trust.key()

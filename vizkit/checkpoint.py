@@ -46,7 +46,7 @@ from vizkit import trust
 from vizkit.data import get_spec
 from vizkit.errors import VizkitError, first_line
 from vizkit.files import atomic_write
-from vizkit.models import display_name, get_model, is_user_model, locate_source, sha256_file
+from vizkit.models import display_name, get_model, is_user_model, locate_code, sha256_file
 
 log = logging.getLogger(__name__)
 
@@ -54,32 +54,39 @@ CHECKPOINT_KEYS = ("model", "state_dict", "config", "classes", "mean", "std", "i
 WRAPPER_KEYS = ("state_dict", "model_state_dict", "model")  # where tutorials put the weights in a dict
 SOURCE_DIR = "source"  # a run keeps a copy of a user model's file here, for the record
 MAX_EXAMPLES = 64  # images a Run keeps for the inspection commands when it knows no dataset
+MAX_SIDE, MAX_CLASSES = 4096, 100_000  # what a checkpoint may ask a model to be built for (the factory is called)
 
 
 def model_fields(spec: str, model_args: dict[str, Any] | None = None) -> dict[str, Any]:
-    """The `model`, `model_args` and `model_source` entries for a model spec (hashing a user model's file), and
-    for a user model their `signature` with this person's key (trust.py): what they train, they trust."""
+    """The `model`, `model_args` and `model_source` entries for a model spec: a user model's file and the
+    `__init__.py` of each package importing it runs, each with its sha256."""
     source = None
     if spec and is_user_model(spec):
-        path = locate_source(spec)
+        path, packages = locate_code(spec)
         if path is not None and path.is_file():
             source = {"path": str(path), "sha256": sha256_file(path)}
-    fields = {"model": spec, "model_args": dict(model_args or {}), "model_source": source}
-    if source is not None:
-        fields["signature"] = trust.sign(fields)
-    return fields
+            if packages:
+                source["packages"] = [{"path": str(p), "sha256": sha256_file(p)} for p in packages]
+    return {"model": spec, "model_args": dict(model_args or {}), "model_source": source}
 
 
 def resign(path: Path, ckpt: dict[str, Any]) -> None:
     """Sign a checkpoint's code record with this person's key (python -m vizkit.trust), rewritten atomically."""
     signed = {**ckpt, "signature": trust.sign(ckpt)}
-    atomic_write(path, lambda tmp: torch.save(signed, tmp))
+    try:
+        atomic_write(path, lambda tmp: torch.save(signed, tmp))
+    except OSError as exc:
+        raise VizkitError(
+            f"cannot write {path}: {exc.strerror or exc}; copy the run somewhere of yours first"
+        ) from None
 
 
 def save_checkpoint(path: str | Path, model: nn.Module, /, **fields: Any) -> Path:
     """Save the state dict with what is needed to rebuild and feed the model (see CHECKPOINT_KEYS)."""
     state = {k: v.detach().cpu() for k, v in model.state_dict().items()}
     payload = {"state_dict": state, **fields}
+    if fields.get("model_source") is not None:  # what this person trains, they trust (trust.py)
+        payload["signature"] = trust.sign(payload)
     missing = [k for k in CHECKPOINT_KEYS if k not in payload]
     if missing:
         raise ValueError(f"checkpoint fields missing: {missing}")
@@ -154,20 +161,20 @@ def _check_fields(ckpt: dict[str, Any], path: Path) -> None:
     problems = {
         "model": isinstance(ckpt["model"], str),
         "model_args": isinstance(ckpt.get("model_args") or {}, dict),
-        "model_source": source is None
-        or (isinstance(source, dict) and isinstance(source.get("path"), str) and isinstance(source.get("sha256"), str)),
+        "model_source": source is None or (_file_record(source) and all(map(_file_record, source.get("packages", [])))),
         "state_dict": _is_state_dict(ckpt["state_dict"]),
         "config": isinstance(ckpt["config"], dict)
         and all(isinstance(ckpt["config"].get(k, ""), str) for k in ("data_dir", "model", "dataset")),
-        "classes": isinstance(ckpt["classes"], list) and len(ckpt["classes"]) > 0,
+        "classes": isinstance(ckpt["classes"], list) and 0 < len(ckpt["classes"]) <= MAX_CLASSES,
         "mean": _per_channel(ckpt["mean"], ckpt["input_shape"]),
         "std": _per_channel(ckpt["std"], ckpt["input_shape"]) and all(v > 0 for v in ckpt["std"]),
         "input_shape": isinstance(ckpt["input_shape"], list)
         and len(ckpt["input_shape"]) == 3
-        and all(isinstance(v, int) and v > 0 for v in ckpt["input_shape"]),
+        and all(isinstance(v, int) and 0 < v <= MAX_SIDE for v in ckpt["input_shape"]),
         # where the data came from (optional): names and paths, and at most 64 example images of the input shape
         **{k: ckpt.get(k) is None or isinstance(ckpt.get(k), str) for k in ("dataset", "data_dir", "data_source")},
-        "signature": ckpt.get("signature") is None or isinstance(ckpt.get("signature"), str),
+        "signature": ckpt.get("signature") is None
+        or (isinstance(ckpt["signature"], str) and ckpt["signature"].isascii()),
         "examples": ckpt.get("examples") is None
         or (
             isinstance(ckpt["examples"], torch.Tensor)
@@ -180,6 +187,12 @@ def _check_fields(ckpt: dict[str, Any], path: Path) -> None:
     bad = [k for k, ok in problems.items() if not ok]
     if bad:
         raise VizkitError(f"{path} is not a valid vizkit checkpoint: its {', '.join(bad)} field is malformed")
+
+
+def _file_record(value: Any) -> bool:
+    """{path, sha256} of a file, as model_fields records it (no NUL: a path the filesystem could take)."""
+    return (isinstance(value, dict) and isinstance(value.get("path"), str) and "\0" not in value["path"]
+            and isinstance(value.get("sha256"), str))  # fmt: skip
 
 
 def _per_channel(values: Any, shape: Any) -> bool:
@@ -257,45 +270,70 @@ def trusted_spec(ckpt: dict[str, Any], path: Path, shared: Path | None = None) -
     spec = ckpt["model"]
     if spec and not is_user_model(spec):
         return spec
+    how = _how(ckpt, path)
+    recorded = recorded_code(ckpt, path, shared)
+    if not trust.signed(ckpt):  # not trained here by this person, or edited since: anyone could have written it
+        raise VizkitError(
+            f"{path} is not signed with your key (a run from someone else, or edited), so {recorded[0]} is not "
+            f"imported; read that file, then: python -m vizkit.trust {path.parent}, or {how}"
+        )
+    unchanged_code(ckpt, path)
+    return spec
+
+
+def _how(ckpt: dict[str, Any], path: Path) -> str:
+    spec = ckpt["model"]
     copy = path.parent / SOURCE_DIR
     kept = f" (the training source is kept in {copy})" if copy.is_dir() else ""
-    how = f"pass --model PATH.py:{display_name(spec) if spec else 'NAME'} to use code you chose{kept}"
-    source = ckpt.get("model_source")
+    return f"pass --model PATH.py:{display_name(spec) if spec else 'NAME'} to use code you chose{kept}"
+
+
+def recorded_code(ckpt: dict[str, Any], path: Path, shared: Path | None = None) -> list[Path]:
+    """The files a checkpoint's recorded spec imports (its file, then its packages' __init__.py), if none lies
+    where a sharer could have put it or where Python's own code is; else one error."""
+    spec, source, how = ckpt["model"], ckpt.get("model_source"), _how(ckpt, path)
     if not spec or not source:
         what = f"'{spec}'" if spec else "a model vizkit cannot name (built inline, e.g. an nn.Sequential in a script)"
         raise VizkitError(f"{path} was trained with {what} and no source file was recorded; {how}")
-    recorded = Path(source["path"]).resolve()
-    # the folder that holds the checkpoint, not the one a symbolic link to it points into
-    run_folder = Path(os.path.abspath(path)).parent.resolve()
-    shared_folder = shared.resolve() if shared is not None else run_folder
-    if _inside(recorded, run_folder) or _inside(recorded, shared_folder):
-        where = "the checkpoint's own folder" if _inside(recorded, run_folder) else f"the log directory {shared}"
-    elif any(_inside(recorded, d) for d in _installed_code_dirs()):
-        where = "Python's or a package's own code"
-    else:
-        where = ""
-    if where:
+    files = [Path(source["path"])] + [Path(p["path"]) for p in source.get("packages", [])]
+    try:
+        files = [f.resolve() for f in files]
+        # the folder that holds the checkpoint, not the one a symbolic link to it points into
+        run_folder = Path(os.path.abspath(path)).parent.resolve()
+        shared_folder = shared.resolve() if shared is not None else run_folder
+    except (OSError, ValueError) as exc:
+        raise VizkitError(f"{path} records a path that cannot be followed ({first_line(exc)}); {how}") from None
+    for recorded in files:
+        if _inside(recorded, run_folder) or _inside(recorded, shared_folder):
+            where = "the checkpoint's own folder" if _inside(recorded, run_folder) else f"the log directory {shared}"
+        elif any(_inside(recorded, d) for d in _installed_code_dirs()):
+            where = "Python's or a package's own code"
+        else:
+            continue
         raise VizkitError(
             f"{path} names its model code in {recorded}, which is {where}, not a model file of yours; "
             f"it is not imported: {how}"
         )
-    if not trust.signed(ckpt):  # not trained here by this person, or edited since: anyone could have written it
+    return files
+
+
+def unchanged_code(ckpt: dict[str, Any], path: Path) -> None:
+    """Each file the spec imports is where it was at training (found as import would find it), unchanged."""
+    source, how = ckpt["model_source"], _how(ckpt, path)
+    located, packages = locate_code(ckpt["model"])
+    records = [source, *source.get("packages", [])]
+    found = [str(p) for p in ([located] if located else []) + packages]
+    if found != [str(Path(r["path"]).resolve()) for r in records] or not all(Path(f).is_file() for f in found):
         raise VizkitError(
-            f"{path} is not signed with your key (a run from someone else, or edited), so {recorded} is not "
-            f"imported; read that file, then: python -m vizkit.trust {path.parent}, or {how}"
+            f"{path} would import its model from {source['path']}, which is not there (or another file would be "
+            f"imported in its place); vizkit imports a run's code only from the files it was trained with, so {how}"
         )
-    located = locate_source(spec)
-    if not recorded.is_file() or located != recorded:
-        raise VizkitError(
-            f"{path} would import its model from {recorded}, which is not there; vizkit imports a run's code only "
-            f"from the file it was trained with, so {how}"
-        )
-    if sha256_file(recorded) != source["sha256"]:
-        raise VizkitError(
-            f"{path} would import its model from {recorded}, which has changed since training (sha256 differs), "
-            f"so it is not imported; {how}"
-        )
-    return spec
+    for record in records:
+        if sha256_file(Path(record["path"])) != record["sha256"]:
+            raise VizkitError(
+                f"{path} would import its model from {record['path']}, which has changed since training (sha256 "
+                f"differs), so it is not imported; {how}"
+            )
 
 
 def open_checkpoint(

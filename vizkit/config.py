@@ -21,6 +21,9 @@ OPTIMIZERS = ("sgd", "adam", "adamw")
 SCHEDULERS = ("none", "step", "onecycle", "cosine")
 DEVICES = ("auto", "cpu", "cuda")
 LOG_LEVELS = ("full", "scalars", "off")
+# past this, the optimizer's step (Adam divides by 1 - beta1, 1000 for beta1 0.999) overflows float32 in torch
+# and raises; below it, a learning rate that large gives a NaN loss, which training stops on in one line
+MAX_LR = 1e30
 RECIPES_DIR = Path(__file__).resolve().parent / "recipes"  # installed with the package: any directory works
 
 
@@ -160,6 +163,9 @@ def parse_assignment(text: str) -> tuple[str, Any]:
 
 def validate(cfg: TrainConfig, source: str = "config") -> TrainConfig:
     """Reject values that cannot run, with the allowed ones in the message."""
+    for name, value in cfg.to_dict().items():
+        if isinstance(value, str) and not _utf8(value):  # a byte no encoding decodes: config.toml can't hold it
+            raise VizkitError(f"{source}: '{name}' is not valid UTF-8 ({value!r}); give a name in UTF-8")
     choices = {"optimizer": OPTIMIZERS, "scheduler": SCHEDULERS, "device": DEVICES, "log": LOG_LEVELS}
     for name, allowed in choices.items():
         if getattr(cfg, name) not in allowed:
@@ -168,8 +174,8 @@ def validate(cfg: TrainConfig, source: str = "config") -> TrainConfig:
     for name in positive:
         if getattr(cfg, name) < 1:
             raise VizkitError(f"{source}: '{name}' must be at least 1, got {getattr(cfg, name)}")
-    if not (0 < cfg.lr <= 1e3 and math.isfinite(cfg.lr)):
-        raise VizkitError(f"{source}: 'lr' must be a positive number up to 1000, got {cfg.lr}")
+    if not (0 < cfg.lr <= MAX_LR and math.isfinite(cfg.lr)):
+        raise VizkitError(f"{source}: 'lr' must be a positive number up to {MAX_LR:g}, got {cfg.lr}")
     if not 0 <= cfg.seed < 2**63:  # what torch.manual_seed takes
         raise VizkitError(f"{source}: 'seed' must be from 0 to 2**63 - 1, got {cfg.seed}")
     if cfg.image_size < 0:
@@ -188,6 +194,14 @@ def validate(cfg: TrainConfig, source: str = "config") -> TrainConfig:
             or any(s <= 0 for s in cfg.std)):  # fmt: skip
         raise VizkitError(f"{source}: 'mean' and 'std' must have the same length, finite, std > 0 (or both be empty)")
     return cfg
+
+
+def _utf8(text: str) -> bool:
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:  # a surrogate: how Python hands on an argument's undecodable bytes
+        return False
+    return True
 
 
 def _toml_value(value: Any) -> str:

@@ -76,17 +76,25 @@ def display_name(spec: str) -> str:
 
 def locate_source(spec: str) -> Path | None:
     """The file a user spec's code lives in, found without running any of it (None if it cannot be found)."""
+    return locate_code(spec)[0]
+
+
+def locate_code(spec: str) -> tuple[Path | None, list[Path]]:
+    """The file a user spec's code lives in, and the `__init__.py` of each package importing it runs first
+    (`pkg/__init__.py` for `pkg.mod:Net`), found without running any of it (None: it cannot be found)."""
     where, _ = split_spec(spec)
     if where.endswith(".py"):
-        return Path(where).resolve()
+        return Path(where).resolve(), []  # imported by its path: no package of it runs
     # Walk the package path the way import does, but with PathFinder, which reads directories only.
-    parts, search, found = where.split("."), None, None
+    parts, search, found, packages = where.split("."), None, None, []
     for i in range(len(parts)):
         found = importlib.machinery.PathFinder.find_spec(".".join(parts[: i + 1]), search)
         if found is None:
-            return None
+            return None, []
         search = found.submodule_search_locations
-    return Path(found.origin).resolve() if found is not None and found.origin else None
+        if search is not None and found.origin and i < len(parts) - 1:  # a package with code of its own
+            packages.append(Path(found.origin).resolve())
+    return (Path(found.origin).resolve() if found is not None and found.origin else None), packages
 
 
 def sha256_file(path: Path) -> str:

@@ -111,6 +111,9 @@ def resolve_config(args: argparse.Namespace) -> TrainConfig:
     return dataclasses.replace(cfg, model=absolute_spec(cfg.model), dataset=dataset)
 
 
+RESUME_MAY_CHANGE = ("device", "data_dir", "run_dir", "model")  # where it runs, and --model (checked above)
+
+
 def load_resume(run_dir: Path, cfg: TrainConfig, named_model: bool) -> dict[str, Any]:
     """last.pth to continue from. Unless the person named the model (--model), its code must be what last.pth
     recorded, under checkpoint.py's trust rule, and config.toml must name that same model: a run directory
@@ -126,6 +129,16 @@ def load_resume(run_dir: Path, cfg: TrainConfig, named_model: bool) -> dict[str,
         trusted_spec(ckpt, last)
     if "resume" not in ckpt:
         raise VizkitError(f"{run_dir / 'last.pth'} has no training state to resume from; train a new run")
+    # the schedule, the split and the model were made from the config it was trained with: an edit would
+    # resume a different run (OneCycleLR past its last step, another split), so config.toml must still say it
+    trained, now = ckpt["config"], cfg.to_dict()
+    edited = [f"{k}: {trained[k]!r} -> {now[k]!r}" for k in sorted(trained)
+              if k in now and k not in RESUME_MAY_CHANGE and trained[k] != now[k]]  # fmt: skip
+    if edited:
+        raise VizkitError(
+            f"{run_dir / 'config.toml'} was edited since training ({'; '.join(edited[:3])}); --resume continues "
+            "the run as it was trained: put it back, or train a new run with --config"
+        )
     if ckpt["epoch"] >= cfg.epochs and (run_dir / "metrics.json").is_file():
         raise VizkitError(f"{run_dir} already finished its {cfg.epochs} epochs; nothing to resume")
     return ckpt
