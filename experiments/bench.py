@@ -191,27 +191,12 @@ def warmup(data_dir: str, limit: int) -> dict:
 def examples(data_dir: str, limit: int, max_epochs: int) -> dict:
     """pytorch/examples' mnist/main.py as it is written, with a clock around its train() calls only."""
     import torch
-    import torch.nn as nn
     import torch.nn.functional as F
+    from pytorch_examples_net import Net  # beside this script: its folder is on sys.path
     from torch.utils.data import DataLoader, Subset
     from torchvision import datasets, transforms
 
     from vizkit.data import ensure_mnist
-
-    class Net(nn.Module):
-        def __init__(self) -> None:
-            super().__init__()
-            self.conv1 = nn.Conv2d(1, 32, 3, 1)
-            self.conv2 = nn.Conv2d(32, 64, 3, 1)
-            self.dropout1 = nn.Dropout(0.25)
-            self.dropout2 = nn.Dropout(0.5)
-            self.fc1 = nn.Linear(9216, 128)
-            self.fc2 = nn.Linear(128, 10)
-
-        def forward(self, x: torch.Tensor) -> torch.Tensor:
-            x = F.max_pool2d(F.relu(self.conv2(F.relu(self.conv1(x)))), 2)
-            x = self.dropout2(F.relu(self.fc1(torch.flatten(self.dropout1(x), 1))))
-            return F.log_softmax(self.fc2(x), dim=1)
 
     ensure_mnist(Path(data_dir))
     torch.manual_seed(1)  # its default --seed

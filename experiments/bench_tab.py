@@ -70,27 +70,7 @@ def photo_jpeg() -> str:
     return "data:image/jpeg;base64," + base64.b64encode(buf.getvalue()).decode()
 
 
-EXAMPLES_NET = """
-import torch
-import torch.nn as nn
-import torch.nn.functional as F
-
-class Net(nn.Module):  # pytorch/examples' mnist/main.py
-    def __init__(self):
-        super(Net, self).__init__()
-        self.conv1 = nn.Conv2d(1, 32, 3, 1)
-        self.conv2 = nn.Conv2d(32, 64, 3, 1)
-        self.dropout1 = nn.Dropout(0.25)
-        self.dropout2 = nn.Dropout(0.5)
-        self.fc1 = nn.Linear(9216, 128)
-        self.fc2 = nn.Linear(128, 10)
-
-    def forward(self, x):
-        x = F.relu(self.conv1(x))
-        x = F.max_pool2d(F.relu(self.conv2(x)), 2)
-        x = torch.flatten(self.dropout1(x), 1)
-        return F.log_softmax(self.fc2(self.dropout2(F.relu(self.fc1(x)))), dim=1)
-"""
+EXAMPLES_NET = Path(__file__).with_name("pytorch_examples_net.py")  # pytorch/examples' mnist Net, as written
 
 
 def checkpoint(folder: Path, spec: str, data_dir: str) -> Path:
@@ -111,11 +91,10 @@ def time_updates(data_dir: str, updates: int) -> dict:
     from vizkit.tensorboard_plugin import live
 
     with tempfile.TemporaryDirectory() as tmp:
-        for name in ("default", "examples", "code"):
+        for name in ("default", "examples"):
             Path(tmp, name).mkdir()
-        Path(tmp, "code", "examples.py").write_text(EXAMPLES_NET)
         default = live.open_run(checkpoint(Path(tmp, "default"), "vizkit", data_dir))
-        examples = live.open_run(checkpoint(Path(tmp, "examples"), f"{tmp}/code/examples.py:Net", data_dir))
+        examples = live.open_run(checkpoint(Path(tmp, "examples"), f"{EXAMPLES_NET}:Net", data_dir))
         requests = {
             "draw": (default, {"source": "draw", "image": drawing_png()}),
             "test": (default, {"source": "test", "index": 0}),

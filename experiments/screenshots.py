@@ -22,37 +22,7 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 CHROMIUM = "/usr/bin/chromium"
 SEVEN = [[(60, 60), (215, 60)], [(215, 60), (125, 245)]]  # the bar, then the stem
-EXAMPLES_NET = """
-import torch
-import torch.nn as nn
-import torch.nn.functional as F
-
-
-class Net(nn.Module):
-    def __init__(self):
-        super(Net, self).__init__()
-        self.conv1 = nn.Conv2d(1, 32, 3, 1)
-        self.conv2 = nn.Conv2d(32, 64, 3, 1)
-        self.dropout1 = nn.Dropout(0.25)
-        self.dropout2 = nn.Dropout(0.5)
-        self.fc1 = nn.Linear(9216, 128)
-        self.fc2 = nn.Linear(128, 10)
-
-    def forward(self, x):
-        x = self.conv1(x)
-        x = F.relu(x)
-        x = self.conv2(x)
-        x = F.relu(x)
-        x = F.max_pool2d(x, 2)
-        x = self.dropout1(x)
-        x = torch.flatten(x, 1)
-        x = self.fc1(x)
-        x = F.relu(x)
-        x = self.dropout2(x)
-        x = self.fc2(x)
-        output = F.log_softmax(x, dim=1)
-        return output
-"""
+EXAMPLES_NET = Path(__file__).with_name("pytorch_examples_net.py")  # pytorch/examples' mnist Net, as written
 
 
 def train(run_dir: Path, data_dir: str, *extra: str, epochs: int = 3) -> None:
@@ -139,10 +109,7 @@ def main(argv: list[str] | None = None) -> int:
             shutil.copytree(args.run, run)
         else:
             train(run, args.data_dir)
-        code = Path(tmp) / "code" / "mnist_main.py"  # outside the log directory, as the trust rule asks
-        code.parent.mkdir()
-        code.write_text(EXAMPLES_NET)
-        train(logdir / "pytorch-examples-net", args.data_dir, "--model", f"{code}:Net", epochs=1)
+        train(logdir / "pytorch-examples-net", args.data_dir, "--model", f"{EXAMPLES_NET}:Net", epochs=1)
         tb = program.TensorBoard(plugins=default.get_plugins())
         tb.configure(argv=[None, "--logdir", str(logdir), "--host", "127.0.0.1", "--port", "0"])
         url = tb.launch()

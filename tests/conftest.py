@@ -18,6 +18,7 @@ import pytest
 REPO = Path(__file__).resolve().parents[1]
 DATA_DIR = Path(os.environ.get("VIZKIT_TEST_DATA", REPO / "data"))
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
+EXAMPLES_NET = REPO / "experiments" / "pytorch_examples_net.py"  # pytorch/examples' mnist Net, as it is written
 # VIZKIT_TEST_DEVICE=cuda runs the suite's training and Run tests on the GPU (and refuses to start without one);
 # the default, auto, is what vizkit.train does: CUDA where there is one
 DEVICE = os.environ.get("VIZKIT_TEST_DEVICE", "auto")

@@ -2,43 +2,28 @@
 
 from __future__ import annotations
 
+import importlib.util
 import logging
 
 import pytest
 import torch
 import torch.nn.functional as F
+from conftest import EXAMPLES_NET
 from torch import nn
 
 from vizkit.errors import VizkitError
 from vizkit.graph import capture, first_tensor, forward_graph
 
 
-class Examples(nn.Module):
-    """pytorch/examples' mnist Net, as its main.py writes it."""
+def examples_net() -> type[nn.Module]:
+    """pytorch/examples' mnist Net, as its main.py writes it (experiments/pytorch_examples_net.py)."""
+    spec = importlib.util.spec_from_file_location("pytorch_examples_net", EXAMPLES_NET)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module.Net
 
-    def __init__(self) -> None:
-        super().__init__()
-        self.conv1 = nn.Conv2d(1, 32, 3, 1)
-        self.conv2 = nn.Conv2d(32, 64, 3, 1)
-        self.dropout1 = nn.Dropout(0.25)
-        self.dropout2 = nn.Dropout(0.5)
-        self.fc1 = nn.Linear(9216, 128)
-        self.fc2 = nn.Linear(128, 10)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = self.conv1(x)
-        x = F.relu(x)
-        x = self.conv2(x)
-        x = F.relu(x)
-        x = F.max_pool2d(x, 2)
-        x = self.dropout1(x)
-        x = torch.flatten(x, 1)
-        x = self.fc1(x)
-        x = F.relu(x)
-        x = self.dropout2(x)
-        x = self.fc2(x)
-        output = F.log_softmax(x, dim=1)
-        return output
+Examples = examples_net()
 
 
 class Residual(nn.Module):
@@ -160,7 +145,7 @@ def test_unknown_names_and_outputs_without_a_tensor_are_one_error():
 
 
 def test_a_forward_that_does_not_fit_the_input_is_one_error_not_a_fallback():
-    with pytest.raises(VizkitError, match=r"Examples does not take 3x28x28 inputs"):
+    with pytest.raises(VizkitError, match=r"^Net does not take 3x28x28 inputs"):
         forward_graph(Examples(), [3, 28, 28])
 
 

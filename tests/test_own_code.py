@@ -18,6 +18,7 @@ import numpy as np
 import onnxruntime as ort
 import pytest
 import torch
+from conftest import EXAMPLES_NET
 from PIL import Image
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
@@ -28,41 +29,15 @@ from vizkit.tensorboard_plugin import live
 
 REPO = Path(__file__).resolve().parents[1]
 
-EXAMPLES_NET = """
+# pytorch/examples' mnist/main.py: its Net as written, and a loop of its kind with Run's four lines
+EXAMPLES_SCRIPT = (
+    EXAMPLES_NET.read_text()
+    + """
 import sys
-import torch
-import torch.nn as nn
-import torch.nn.functional as F
 import torch.optim as optim
 from torch.utils.data import DataLoader, Subset
 from torchvision import datasets, transforms
 from vizkit import Run  # vizkit
-
-
-class Net(nn.Module):
-    def __init__(self):
-        super(Net, self).__init__()
-        self.conv1 = nn.Conv2d(1, 32, 3, 1)
-        self.conv2 = nn.Conv2d(32, 64, 3, 1)
-        self.dropout1 = nn.Dropout(0.25)
-        self.dropout2 = nn.Dropout(0.5)
-        self.fc1 = nn.Linear(9216, 128)
-        self.fc2 = nn.Linear(128, 10)
-
-    def forward(self, x):
-        x = self.conv1(x)
-        x = F.relu(x)
-        x = self.conv2(x)
-        x = F.relu(x)
-        x = F.max_pool2d(x, 2)
-        x = self.dropout1(x)
-        x = torch.flatten(x, 1)
-        x = self.fc1(x)
-        x = F.relu(x)
-        x = self.dropout2(x)
-        x = self.fc2(x)
-        output = F.log_softmax(x, dim=1)
-        return output
 
 
 if __name__ == "__main__":
@@ -86,6 +61,7 @@ if __name__ == "__main__":
         run.epoch(1, val_loader=test_loader)  # vizkit
         run.evaluate(test_loader)  # vizkit
 """
+)
 
 RESIDUAL = """
 import torch.nn as nn
@@ -160,7 +136,7 @@ def opened_in_the_tab(run: Path, body: dict) -> dict:
 def examples_run(data_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     """pytorch/examples' Net, trained by its own loop with Run's four lines, as a script run by python."""
     root = tmp_path_factory.mktemp("examples")
-    (root / "mnist_main.py").write_text(EXAMPLES_NET)
+    (root / "mnist_main.py").write_text(EXAMPLES_SCRIPT)
     run = root / "runs" / "net"
     done = subprocess.run([sys.executable, "mnist_main.py", str(data_dir.resolve()), str(run)], cwd=root,
                           capture_output=True, text=True, timeout=300)  # fmt: skip

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import CHROMIUM, chromium_page, tensorboard_server
+from conftest import CHROMIUM, EXAMPLES_NET, chromium_page, tensorboard_server
 from photos import digit_photo
 
 from vizkit.tensorboard_plugin.plugin import find_runs
@@ -32,28 +32,6 @@ class CNN(nn.Module):  # tutorial 004's model: blocks of conv, ReLU and pool, th
 
     def forward(self, x):
         return self.out(self.conv2(self.conv1(x)).view(x.size(0), -1))
-"""
-EXAMPLES_NET = """
-import torch
-import torch.nn as nn
-import torch.nn.functional as F
-
-class Net(nn.Module):  # pytorch/examples' mnist Net: functional relu, pool, flatten and log_softmax
-    def __init__(self):
-        super(Net, self).__init__()
-        self.conv1 = nn.Conv2d(1, 32, 3, 1)
-        self.conv2 = nn.Conv2d(32, 64, 3, 1)
-        self.dropout1 = nn.Dropout(0.25)
-        self.dropout2 = nn.Dropout(0.5)
-        self.fc1 = nn.Linear(9216, 128)
-        self.fc2 = nn.Linear(128, 10)
-
-    def forward(self, x):
-        x = F.relu(self.conv1(x))
-        x = F.max_pool2d(F.relu(self.conv2(x)), 2)
-        x = torch.flatten(self.dropout1(x), 1)
-        x = self.fc2(self.dropout2(F.relu(self.fc1(x))))
-        return F.log_softmax(x, dim=1)
 """
 USER_MODEL = f'''
 import pathlib
@@ -122,9 +100,8 @@ def logdir(mnist_run: Path, data_dir: Path, tmp_path_factory: pytest.TempPathFac
     save_checkpoint(root / "tutorial-004" / "best.pth", get_model(spec, 1, 28, 10), **model_fields(spec),
                     config={"data_dir": str(data_dir)}, classes=[str(i) for i in range(10)], mean=[0.1307],
                     std=[0.3081], input_shape=[1, 28, 28], dataset="mnist", epoch=1, val_accuracy=0.1)  # fmt: skip
-    (code.parent / "examples.py").write_text(EXAMPLES_NET)
     (root / "examples").mkdir()
-    spec = f"{code.parent / 'examples.py'}:Net"
+    spec = f"{EXAMPLES_NET}:Net"  # pytorch/examples' Net, as its main.py writes it
     save_checkpoint(root / "examples" / "best.pth", get_model(spec, 1, 28, 10), **model_fields(spec),
                     config={}, classes=[str(i) for i in range(10)], mean=[0.1307], std=[0.3081],
                     input_shape=[1, 28, 28], dataset="mnist", data_dir=str(data_dir), epoch=1,
