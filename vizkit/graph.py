@@ -17,6 +17,7 @@ import weakref
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
+from functools import cached_property
 from typing import Any
 
 import torch
@@ -121,7 +122,7 @@ class Graph:
             raise VizkitError(f"no layer named '{name}'; layers: {', '.join(self.names())}")
         return step
 
-    @property
+    @cached_property
     def by_name(self) -> dict[str, Step]:
         return {s.name: s for s in self.steps}
 
@@ -168,19 +169,11 @@ def probabilities(output: torch.Tensor, kind: str) -> torch.Tensor:
     return output.softmax(-1)
 
 
-def log_probabilities(output: torch.Tensor, kind: str) -> torch.Tensor:
-    """log p per class, for the loss: F.cross_entropy on logits, F.nll_loss on these."""
-    output = output.float()
-    if kind == "probabilities":
-        return output.clamp_min(1e-12).log()
-    return output.log_softmax(-1)  # of log-probabilities, the same values again
-
-
 def loss(output: torch.Tensor, target: torch.Tensor, kind: str, reduction: str = "mean") -> torch.Tensor:
     """The cross-entropy of a model's output, whatever it holds: F.cross_entropy of logits (and of
     log-probabilities, which log_softmax leaves as they are), the NLL of the log of probabilities."""
     if kind == "probabilities":
-        return F.nll_loss(log_probabilities(output, kind), target, reduction=reduction)
+        return F.nll_loss(output.float().clamp_min(1e-12).log(), target, reduction=reduction)
     return F.cross_entropy(output, target, reduction=reduction)
 
 
