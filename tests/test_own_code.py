@@ -365,6 +365,7 @@ def test_a_run_on_colour_non_square_shapes_opens_everywhere(tmp_path, monkeypatc
     }
     html = (run_dir / "report.html").read_text()
     assert "None: this run came from a training loop of your own" in html and "the examples the run kept" in html
+    assert "Images 0 to 3 of the examples the run kept: predicted " in html  # no label it was not given
     answer = opened_in_the_tab(run_dir, {"source": "test", "index": 3})
     assert answer["classes"] == list(SHAPES) and answer["label"] is None and answer["input"]["width"] == 32
     described = live.describe(live.open_run(run_dir / "best.pth", run_dir.parent))

@@ -102,8 +102,11 @@ def feature_maps(
     with torch.no_grad(), capture(model, steps, ckpt["input_shape"]) as maps:
         output = Normalized(model, ckpt["mean"], ckpt["std"])(pixels)
     classes, preds = ckpt["classes"], probabilities(output, graph.output_kind).argmax(1)
-    labels = [classes[int(y)] for y in test.labels[: len(pixels)]] if test.labels is not None else ["?"] * len(pixels)
-    shown = ", ".join(f"{y} (predicted {classes[int(p)]})" for y, p in zip(labels, preds, strict=True))
+    if test.labels is not None:
+        pairs = zip(test.labels[: len(preds)], preds, strict=True)
+        shown = ", ".join(f"{classes[int(y)]} (predicted {classes[int(p)]})" for y, p in pairs)
+    else:  # the examples a Run kept come without labels
+        shown = ", ".join(f"predicted {classes[int(p)]}" for p in preds)
     parts = [f"<p>Images 0 to {len(pixels) - 1} of {html.escape(test.what)}: {html.escape(shown)}. "
              "A row per image, a tile per channel, one colour scale per step.</p>"]  # fmt: skip
     for name in steps:
