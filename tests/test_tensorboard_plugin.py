@@ -133,6 +133,21 @@ def api(base: str, route: str, body: dict | bytes | None = None) -> tuple[int, d
         return exc.code, json.loads(exc.read())
 
 
+def test_runs_that_are_symbolic_links_are_found_and_a_cycle_ends(tmp_path):
+    store, logdir = tmp_path / "store", tmp_path / "logs"
+    write_events(store / "kept-elsewhere")
+    write_events(logdir / "here")
+    (logdir / "linked").symlink_to(store / "kept-elsewhere", target_is_directory=True)
+    (logdir / "here" / "loop").symlink_to(logdir, target_is_directory=True)  # back up to the log directory
+    runs = find_runs(logdir)
+    assert sorted(runs) == ["here", "linked"] and runs["linked"] == logdir / "linked"
+    from vizkit.tensorboard_plugin.plugin import VizkitPlugin
+
+    plugin = VizkitPlugin(type("Context", (), {"logdir": str(logdir)})())
+    assert plugin._run_dir("linked") == logdir / "linked"  # the tab opens it by the name it lists
+    assert plugin._run_dir("../store/kept-elsewhere") is None and plugin._run_dir(str(store)) is None
+
+
 def test_runs_are_found_without_their_sub_runs(logdir):
     assert sorted(find_runs(logdir)) == [
         "edited",

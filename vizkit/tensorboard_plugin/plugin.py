@@ -30,9 +30,16 @@ MAX_BODY = 25 * 1024 * 1024  # a phone photo, base64-encoded, with room to spare
 
 def find_runs(logdir: Path) -> dict[str, Path]:
     """Every run under `logdir` (a folder with an event file or a checkpoint), by its name as TensorBoard
-    shows it, except the train/ and val/ sub-runs of a run."""
+    shows it, except the train/ and val/ sub-runs of a run. A run that is a symbolic link is listed by the
+    link's name, as TensorBoard lists it; a link back to a folder already walked is not walked again."""
     runs: dict[str, Path] = {}
-    for folder, dirs, files in os.walk(logdir):
+    seen: set[str] = set()
+    for folder, dirs, files in os.walk(logdir, followlinks=True):
+        real = os.path.realpath(folder)
+        if real in seen:  # a cycle (a link to an ancestor), or a second way to the same folder
+            dirs.clear()
+            continue
+        seen.add(real)
         dirs.sort()
         here = Path(folder)
         if any(f.startswith("events.out.tfevents.") for f in files) or any(c in files for c in CHECKPOINTS):
@@ -82,12 +89,11 @@ class VizkitPlugin(base_plugin.TBPlugin):
         return _json({"logdir": str(self.logdir or ""), "runs": listed})
 
     def _run_dir(self, run: str) -> Path | None:
-        """The folder of a run named as /runs names it, or None: a name is never a path out of the log directory."""
-        if not self.logdir or not run or Path(run).is_absolute() or ".." in Path(run).parts:
+        """The folder of a run named as /runs names it, or None: only a name the walk of the log directory gave
+        is a run (never a path out of it, `../x` or `/etc`; a run that is a symbolic link, by its link's name)."""
+        if not self.logdir or not run or not self.logdir.is_dir():
             return None
-        folder = (self.logdir / run).resolve()
-        inside = folder == self.logdir.resolve() or self.logdir.resolve() in folder.parents
-        return folder if inside and folder.is_dir() else None
+        return find_runs(self.logdir).get(run)
 
     def _open(self, run: str) -> Any:
         """The run's live.Loaded, or a one-line reason (str) why it cannot be shown."""
