@@ -263,10 +263,10 @@ def inference(run_dir: str, quick: bool) -> dict:
     import onnxruntime as ort
     import torch
 
-    from vizkit.checkpoint import load_checkpoint
-    from vizkit.export import Normalized
+    from vizkit.checkpoint import open_checkpoint
+    from vizkit.normalize import Normalized
 
-    model, ckpt = load_checkpoint(Path(run_dir) / "best.pth")
+    model, ckpt = open_checkpoint(Path(run_dir) / "best.pth")
     eager = Normalized(model, ckpt["mean"], ckpt["std"]).eval()
     session = ort.InferenceSession(str(Path(run_dir) / "model.onnx"), providers=["CPUExecutionProvider"])
     out = {}

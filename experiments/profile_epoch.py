@@ -43,10 +43,11 @@ def faults() -> int:
 
 
 def epoch_part(data_dir: str, log: str, smoke: bool) -> dict:
+    import vizkit.analysis as analysis
     import vizkit.engine as engine
     import vizkit.run as run
-    from vizkit.logger import RunLogger
     from vizkit.train import main
+    from vizkit.writer import Writer
 
     spent: dict[str, list[float]] = {}  # part -> seconds in each epoch
 
@@ -71,11 +72,11 @@ def epoch_part(data_dir: str, log: str, smoke: bool) -> dict:
     timed(run.Run, "epoch", "Run.epoch (all of it)")
     timed(run, "save_checkpoint", "checkpoints")
     timed(run, "step_outputs", "feature maps")
-    timed(RunLogger, "feature_maps", "feature maps")
-    timed(run, "parameter_histograms", "histograms")
-    timed(RunLogger, "histograms", "histograms")
+    timed(Writer, "feature_maps", "feature maps")
+    timed(analysis, "parameter_histograms", "histograms")
+    timed(Writer, "histograms", "histograms")
     timed(run, "activation_stats", "activation statistics")
-    timed(RunLogger, "activations", "activation statistics")
+    timed(Writer, "activations", "activation statistics")
     with tempfile.TemporaryDirectory() as tmp:
         argv = ["--config", "001-net", "--epochs", "2", "--log", log, "--data-dir", data_dir, "--run-dir", f"{tmp}/r"]
         argv += ["--limit-train", "640"] if smoke else []
@@ -94,8 +95,9 @@ def logging_costs(smoke: bool) -> dict:
 
     from vizkit.analysis import activation_stats, parameter_histograms
     from vizkit.graph import forward_graph, step_outputs
-    from vizkit.logger import RunLogger
     from vizkit.models import get_model
+    from vizkit.tiles import layer_image
+    from vizkit.writer import Writer
 
     torch.manual_seed(0)
     model = get_model("net", 1, 28, 10).to(memory_format=torch.channels_last)
@@ -103,7 +105,7 @@ def logging_costs(smoke: bool) -> dict:
     F.cross_entropy(model(x[:64]), torch.randint(0, 10, (64,))).backward()
 
     with tempfile.TemporaryDirectory() as tmp:
-        writer, logger = SummaryWriter(f"{tmp}/old"), RunLogger(f"{tmp}/new", "full", 10)
+        writer, logger = SummaryWriter(f"{tmp}/old"), Writer(f"{tmp}/new")
 
         def old_histograms() -> None:
             for name, param in model.named_parameters():
@@ -117,7 +119,9 @@ def logging_costs(smoke: bool) -> dict:
                 parameter_histograms(model), 1
             ),
             "activation statistics (unchanged)": lambda: activation_stats(model, x),
-            "feature maps (unchanged)": lambda: logger.feature_maps(maps, {}, 1),
+            "feature maps (unchanged)": lambda: logger.feature_maps(
+                {n: layer_image(a[0], n) for n, a in maps.items()}, 1
+            ),
         }
         out = {name: median_ms(fn, 3 if smoke else 21) for name, fn in calls.items()}
         writer.close()

@@ -1,4 +1,6 @@
-"""Shared fixtures: real MNIST (fetched once into the repo's data/ and reused) and one small trained run."""
+"""Shared fixtures: real MNIST (fetched once into the repo's data/ and reused), one small trained run, a run
+whose weights are set by hand (every figure of it has an answer worked out on paper), and ways to read a
+picture back: its pixels, and the matplotlib figure it was saved from."""
 
 from __future__ import annotations
 
@@ -9,7 +11,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -102,3 +104,104 @@ def mnist_run(data_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     argv = ["--epochs", "1", "--log", "off", "--data-dir", str(data_dir), "--run-dir", str(run_dir)]
     assert main(argv + ["--device", DEVICE]) == 0
     return run_dir
+
+
+def not_blank(path: Path, min_width: int = 200) -> bool:
+    """A picture, not an empty canvas: wider than `min_width` px, with both dark and light in it."""
+    from PIL import Image
+
+    with Image.open(path) as img:
+        lo, hi = img.convert("L").getextrema()
+        return img.size[0] > min_width and hi - lo > 100
+
+
+def rgb(path: Path):  # noqa: ANN201
+    """The picture at `path` as an (H, W, 3) uint8 array: what a person's screen shows."""
+    import numpy as np
+    from PIL import Image
+
+    with Image.open(path) as img:
+        return np.asarray(img.convert("RGB"))
+
+
+def colour_of(cmap: str, value: float) -> tuple[int, int, int]:
+    """The RGB matplotlib paints `value` (0 to 1 on the colour scale) with, as imshow paints it."""
+    from matplotlib import colormaps
+
+    return tuple(int(v) for v in colormaps[cmap](value, bytes=True)[:3])
+
+
+def colour_areas(path: Path, colours: list[tuple[int, int, int]]) -> list[int]:
+    """How many pixels of the picture at `path` are exactly each of `colours`."""
+    pixels = rgb(path)
+    return [int((pixels == colour).all(-1).sum()) for colour in colours]
+
+
+def centre_colours(path: Path, axes: list) -> list[tuple[int, int, int]]:
+    """The colour at the centre of each matplotlib Axes, read from the PNG its figure was saved to."""
+    pixels = rgb(path)
+    colours = []
+    for ax in axes:
+        box = ax.get_window_extent()  # display pixels, from the bottom left; the PNG counts rows from the top
+        x, y = round((box.x0 + box.x1) / 2), round(pixels.shape[0] - (box.y0 + box.y1) / 2)
+        colours.append(tuple(int(v) for v in pixels[y, x]))
+    return colours
+
+
+@pytest.fixture()
+def saved_figures(monkeypatch: pytest.MonkeyPatch) -> list:
+    """Every matplotlib figure saved while the test runs, in order, still saved as before: a test reads its
+    titles and the data each panel shows, which a PNG does not give back."""
+    from matplotlib.figure import Figure
+
+    figures = []
+    savefig = Figure.savefig
+
+    def keep(fig: Figure, *args, **kwargs):  # noqa: ANN002, ANN003, ANN202
+        figures.append(fig)
+        return savefig(fig, *args, **kwargs)
+
+    monkeypatch.setattr(Figure, "savefig", keep)
+    return figures
+
+
+def hand_set_run(run_dir: Path, data_dir: Path, set_weights: Callable) -> Path:
+    """A run directory holding best.pth of the zoo's `net` (pytorch/examples' Net: conv1 10@5x5, pool, relu,
+    conv2 20@5x5, pool, relu, fc1 50, relu, fc2 10) as `set_weights(model)` leaves it: no training."""
+    import torch
+
+    from vizkit.checkpoint import model_fields, save_checkpoint
+    from vizkit.models import get_model
+
+    torch.manual_seed(0)
+    model = get_model("net").eval()
+    with torch.no_grad():
+        set_weights(model)
+    run_dir.mkdir(parents=True)
+    fields = {"config": {}, "classes": [str(i) for i in range(10)], "mean": [0.1307], "std": [0.3081],
+              "input_shape": [1, 28, 28], "dataset": "mnist", "data_dir": str(data_dir.resolve()), "epoch": 1,
+              "val_accuracy": 0.1}  # fmt: skip
+    save_checkpoint(run_dir / "best.pth", model, **model_fields("net"), **fields)
+    return run_dir
+
+
+def known_weights(model) -> None:  # noqa: ANN001
+    """conv1: weights 0 and bias c, so its channel c is c everywhere (24 x 24), whatever the input; conv2: the
+    kernel from input channel i to output channel o is +1 where o == i, else -1; fc2: weights 0 and biases
+    log 0.91 for class 3 and log 0.01 for the others, so the answer is 3 at 91.0%, whatever the input."""
+    import math
+
+    import torch
+
+    model.conv1.weight.zero_()
+    model.conv1.bias.copy_(torch.arange(10.0))
+    model.conv2.weight.copy_(torch.eye(20, 10)[:, :, None, None] * 2 - 1)
+    model.fc2.weight.zero_()
+    model.fc2.bias.fill_(math.log(0.01))
+    model.fc2.bias[3] = math.log(0.91)
+
+
+@pytest.fixture()
+def known_run(data_dir: Path, tmp_path: Path) -> Path:
+    """A run of its own for each test (commands write into it) with known_weights."""
+    return hand_set_run(tmp_path / "known", data_dir, known_weights)

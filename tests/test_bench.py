@@ -25,7 +25,16 @@ def test_bench_smoke(tmp_path, data_dir):
     # same model, seed and recipe: the tutorial loop and vizkit's runner start from the same weights
     assert report["medians"]["a_tutorial"]["test_accuracy"] > 0
     assert set(report["ratios"]) >= {"b_over_a_epoch_seconds", "c_over_b_epoch_seconds", "k_over_a_epoch_seconds"}
-    assert "b/a <= 0.25" in stdout and "c/b <= 1.02" in stdout and "c/b <= 1.02, steps taken as equal" in stdout
+    # each target is worked out from its ratio, and printed once as the results file has it: met or MISSED
+    ratios, targets = report["ratios"], report["targets_met"]
+    assert targets["b/a <= 0.25"] == (ratios["b_over_a_epoch_seconds"] <= 0.25)
+    assert targets["c/b <= 1.02"] == (ratios["c_over_b_epoch_seconds"] <= 1.02)
+    assert targets["c/b <= 1.02, steps taken as equal"] == (ratios["c_over_b_outside_steps"] <= 1.02)
+    lines = stdout.splitlines()
+    for name, met in {**targets, **report["fast_recipe"]["targets_met"]}.items():
+        assert lines.count(f"  [{'met' if met else 'MISSED'}] {name}") == 1, name
+        assert lines.count(f"  [{'MISSED' if met else 'met'}] {name}") == 0, name
+    assert lines[-1] == f"results: {tmp_path / 'bench.json'}"
     # one batch: the model's kernels alone (k) run one step, and the runs report what was not training steps
     assert report["medians"]["k_model_kernels"]["steps"] == 1
     for variant in ("b_vizkit_log_off", "c_vizkit_log_full"):
@@ -37,7 +46,12 @@ def test_bench_smoke(tmp_path, data_dir):
     assert report["gpu"]["note"]  # a GPU figure, or why there is none
     fast = report["fast_recipe"]  # f and g: the fast recipe over the seeds, and pytorch/examples' loop
     assert fast["summary"]["seeds"] == 1 and len(fast["runs"]) == 1 and fast["pytorch_examples"]["epochs"]
-    assert "fast recipe over 1 seeds" in stdout
+    # one seed: its accuracy is the mean, the least and the most, and it reaches 99.0% or not
+    (line,) = [line for line in stdout.splitlines() if line.startswith("fast recipe over ")]
+    accuracy = fast["runs"][0]["test_accuracy"]
+    a = f"{100 * accuracy:.2f}%"
+    assert line.startswith(f"fast recipe over 1 seeds: test accuracy mean {a} (min {a}, max {a}), training ")
+    assert line.endswith(f"; {int(accuracy >= 0.99)} of 1 seeds reach 99.0%")
 
 
 def test_bench_tab_smoke(tmp_path, data_dir):

@@ -53,9 +53,13 @@ def test_syntax_error_gives_the_line(tmp_path):
         load_config(str(f))
 
 
-def test_missing_file_lists_recipes():
-    with pytest.raises(VizkitError, match="not found"):
-        load_config("no-such-recipe")
+def test_missing_file_lists_recipes(tmp_path):
+    recipes = "000-cnn-tensorboard, 001-net, 002-cnnnet-cifar10, 002-lenet-cifar10, 002-mlp, 003-keras-cnn, 004-cnn, "
+    recipes += "default, fast"  # every file in vizkit/recipes, sorted
+    for name in ("no-such-recipe", "01-net", str(tmp_path / "001-net.toml")):  # a typo, a path that is not there
+        with pytest.raises(VizkitError) as raised:
+            load_config(name)
+        assert str(raised.value) == f"config file '{name}' not found; recipes: {recipes}"
 
 
 @pytest.mark.parametrize(

@@ -5,43 +5,69 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from conftest import colour_areas, colour_of, hand_set_run
 from photos import digit_photo
 from PIL import Image
 from torch import nn
 
 from vizkit.attribution import grad_cam, integrated_gradients, saliency
-from vizkit.checkpoint import load_checkpoint
+from vizkit.checkpoint import open_checkpoint
 from vizkit.data import load_test_split
 from vizkit.explain import main
-from vizkit.export import Normalized
+from vizkit.normalize import Normalized
 
 REPO = Path(__file__).resolve().parents[1]
+NOTE = "normalised with mean 0.1307, std 0.3081 (from the checkpoint)"
 
 
-def not_blank(path: Path) -> bool:
-    with Image.open(path) as img:
-        lo, hi = img.convert("L").getextrema()
-        return img.size[0] > 600 and hi - lo > 100
+def conv1_tiles_of_one_size(path: Path) -> bool:
+    """The first layer's maps of known_weights, read back from the PNG: channel c is c, so its tile is viridis at
+    c/9, all of one size. Channel 9, at the top of the scale, is the colour of the lines between the tiles."""
+    areas = colour_areas(path, [colour_of("viridis", c / 9) for c in range(9)])
+    return min(areas) > 2000 and max(areas) - min(areas) < 0.01 * min(areas)
 
 
-def test_explain_a_test_image(mnist_run, tmp_path, capsys):
-    assert main(["--run", str(mnist_run), "--index", "7", "--out", str(tmp_path / "e.png")]) == 0
-    assert capsys.readouterr().out.strip() == str(tmp_path / "e.png")
-    assert not_blank(tmp_path / "e.png")
+def test_explain_a_test_image(known_run, data_dir, tmp_path, capsys, saved_figures):
+    """known_weights answers 3 at 91.0% whatever the input: no pixel moves its answer, so saliency, integrated
+    gradients and Grad-CAM are zero everywhere, and conv1's channel c is c."""
+    out = tmp_path / "e.png"
+    assert main(["--run", str(known_run), "--index", "7", "--out", str(out)]) == 0
+    assert capsys.readouterr().out.strip() == str(out)
+    (fig,) = saved_figures
+    title = f"test-7, label 9: why 3? ({known_run / 'best.pth'}; {NOTE})"
+    assert "".join(fig._suptitle.get_text().split()) == "".join(title.split())  # wrapped to the figure's width
+    seen, bars, *maps, first = fig.axes
+    assert [ax.get_title() for ax in fig.axes] == [
+        "what the model saw (28x28)",
+        "3 (91.0%)",
+        "gradient saliency",
+        "integrated gradients",
+        "Grad-CAM (no positive evidence for class 3 in relu2)",
+        "conv1: feature maps of the first 10 channels (one colour scale)",
+    ]
+    test = load_test_split("mnist", data_dir)
+    assert np.array_equal(seen.images[0].get_array(), (test.images[7, 0].float() / 255).numpy())
+    assert [round(bar.get_height(), 6) for bar in bars.patches] == [0.01] * 3 + [0.91] + [0.01] * 6
+    for ax in maps:  # the input in grey, and over it the map
+        assert ax.images[0].get_array().shape == (28, 28) and not np.asarray(ax.images[1].get_array()).any()
+    assert conv1_tiles_of_one_size(out)
 
 
-def test_bring_your_own_digit(mnist_run, data_dir, tmp_path):
+def test_bring_your_own_digit(known_run, data_dir, tmp_path):
     photo = tmp_path / "photo.jpg"
     digit_photo(load_test_split("mnist", data_dir).images[0, 0].numpy(), np.random.default_rng(2)).save(photo)
-    cmd = [sys.executable, "-m", "vizkit.explain", "--run", str(mnist_run), "--image", str(photo)]
+    cmd = [sys.executable, "-m", "vizkit.explain", "--run", str(known_run), "--image", str(photo)]
     result = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=120)
     assert result.returncode == 0, result.stderr
     out = Path(result.stdout.strip())
-    assert out == mnist_run / "explain" / "photo.png" and not_blank(out)
+    assert out == known_run / "explain" / "photo.png"
+    with Image.open(out) as img:  # six panels of 2.6 inches at 100 dpi, your photo first, 6.2 inches tall
+        assert img.size == (1560, 620)
+    assert conv1_tiles_of_one_size(out)
 
 
 def test_attributions_say_something(mnist_run, data_dir):
-    model, ckpt = load_checkpoint(mnist_run / "best.pth")
+    model, ckpt = open_checkpoint(mnist_run / "best.pth")
     net = Normalized(model, ckpt["mean"], ckpt["std"]).eval()
     x = load_test_split("mnist", data_dir).images[:1].float() / 255  # a 7
     target = int(net(x).argmax())
@@ -64,25 +90,38 @@ def test_attributions_say_something(mnist_run, data_dir):
         (["--layer", "fc1"], "Grad-CAM needs a step with channels of maps and 'fc1' gives 128"),
     ],
 )
-def test_bad_layer_is_one_line(mnist_run, argv, message, capsys):
-    assert main(["--run", str(mnist_run), *argv]) == 2
+def test_bad_layer_is_one_line(small_run, argv, message, capsys):
+    assert main(["--run", str(small_run), *argv]) == 2
     err = capsys.readouterr().err.strip()
     assert message in err and len(err.splitlines()) == 1
 
 
-def test_optimized_inputs(small_run, tmp_path):
+def test_optimized_inputs(data_dir, tmp_path, saved_figures):
+    """conv1's kernels all +1 (even channels) or all -1 (odd ones), no bias: a white image excites an even channel
+    most, a black one an odd channel. The figure shows those inputs, a numbered tile per channel."""
     from vizkit.features import main as features
 
+    def signs(model: nn.Module) -> None:
+        model.conv1.weight.copy_(torch.tensor([1.0, -1.0] * 5).view(10, 1, 1, 1).expand(10, 1, 5, 5))
+        model.conv1.bias.zero_()
+
+    run = hand_set_run(tmp_path / "signs", data_dir, signs)
     out = tmp_path / "opt.png"
-    assert features(["--run", str(small_run), "--layer", "conv2", "--optimize", "--out", str(out)]) == 0
-    assert not_blank(out)
+    assert features(["--run", str(run), "--layer", "conv1", "--optimize", "--out", str(out)]) == 0
+    (fig,) = saved_figures
+    title = "conv1: for each channel, the input that excites it most (gradient ascent from noise)"
+    assert "".join(fig._suptitle.get_text().split()) == "".join(title.split()) and out.is_file()
+    tiles = [ax for ax in fig.axes if ax.images]
+    assert [ax.get_title() for ax in tiles] == [str(c) for c in range(10)]
+    shown = [np.asarray(ax.images[0].get_array()) for ax in tiles]
+    assert all(x.min() > 0.9 for x in shown[::2]) and all(x.max() < 0.1 for x in shown[1::2])
 
 
 def test_optimization_excites_its_channel(small_run):
     from vizkit.attribution import optimize_inputs
     from vizkit.hooks import capture
 
-    model, ckpt = load_checkpoint(small_run / "best.pth")
+    model, ckpt = open_checkpoint(small_run / "best.pth")
     net = Normalized(model, ckpt["mean"], ckpt["std"]).eval()
     inputs = optimize_inputs(net, model, "conv1", ckpt["input_shape"], steps=60)
     noise = torch.rand_like(inputs)
@@ -97,8 +136,8 @@ def test_optimization_excites_its_channel(small_run):
 def test_attribution_leaves_a_training_model_exactly_as_found():
     """In train mode, BatchNorm would use batch statistics (IG's path images normalising each other) and move
     its running statistics; every method runs in eval mode and restores each module's own flag."""
-    from vizkit.export import Normalized
     from vizkit.models import get_model
+    from vizkit.normalize import Normalized
 
     torch.manual_seed(0)
     model = get_model("vizkit").train()

@@ -6,7 +6,7 @@ import onnxruntime as ort
 import pytest
 import torch
 
-from vizkit.checkpoint import load_checkpoint, save_checkpoint
+from vizkit.checkpoint import open_checkpoint, save_checkpoint
 from vizkit.errors import VizkitError
 from vizkit.export import check_onnx, export_onnx
 from vizkit.models import get_model
@@ -17,7 +17,7 @@ FIELDS = dict(model="net", config={}, classes=list("0123456789"), mean=[0.1307],
 def test_checkpoint_reloads_to_identical_outputs(tmp_path):
     model = get_model("net").eval()
     save_checkpoint(tmp_path / "m.pth", model, **FIELDS)
-    reloaded, ckpt = load_checkpoint(tmp_path / "m.pth")
+    reloaded, ckpt = open_checkpoint(tmp_path / "m.pth")
     x = torch.rand(6, 1, 28, 28)
     assert torch.equal(model(x), reloaded(x))
     assert ckpt["mean"] == [0.1307] and ckpt["classes"][3] == "3"
@@ -47,7 +47,7 @@ def test_a_pickle_with_code_is_refused(tmp_path):
 
     torch.save({"model": Evil()}, tmp_path / "evil.pth")
     with pytest.raises(VizkitError, match="refused by safe loading") as refused:
-        load_checkpoint(tmp_path / "evil.pth")
+        open_checkpoint(tmp_path / "evil.pth")
     assert "system" in str(refused.value)  # the message names what the file would have run
 
 
@@ -57,15 +57,15 @@ def test_truncated_and_foreign_files(tmp_path):
     data = (tmp_path / "m.pth").read_bytes()
     (tmp_path / "cut.pth").write_bytes(data[: len(data) // 2])
     with pytest.raises(VizkitError, match="not a readable checkpoint"):
-        load_checkpoint(tmp_path / "cut.pth")
+        open_checkpoint(tmp_path / "cut.pth")
     torch.save(model.state_dict(), tmp_path / "bare.pth")
     with pytest.raises(VizkitError, match="bare state dict.*--model PATH.py:NAME"):
-        load_checkpoint(tmp_path / "bare.pth")
+        open_checkpoint(tmp_path / "bare.pth")
     with pytest.raises(VizkitError, match="does not exist"):
-        load_checkpoint(tmp_path / "missing.pth")
+        open_checkpoint(tmp_path / "missing.pth")
 
 
 def test_checkpoint_of_another_model(tmp_path):
     save_checkpoint(tmp_path / "m.pth", get_model("net"), **{**FIELDS, "model": "cnn"})
     with pytest.raises(VizkitError, match="does not match model 'cnn'"):
-        load_checkpoint(tmp_path / "m.pth")
+        open_checkpoint(tmp_path / "m.pth")

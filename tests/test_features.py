@@ -5,6 +5,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from conftest import centre_colours, colour_areas, colour_of, not_blank
 from photos import digit_photo
 from PIL import Image
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
@@ -13,21 +14,39 @@ from vizkit.data import load_test_split
 from vizkit.features import main
 
 REPO = Path(__file__).resolve().parents[1]
+NOTE = "normalised with mean 0.1307, std 0.3081 (from the checkpoint)"
+CONV1 = [colour_of("viridis", c / 9) for c in range(10)]  # known_weights' conv1: channel c is c, on one scale 0..9
 
 
-def not_blank(path: Path) -> bool:
-    with Image.open(path) as img:
-        lo, hi = img.convert("L").getextrema()
-        return img.size[0] > 200 and hi - lo > 100
+def squashed(text: str) -> str:
+    """A title without its white space: matplotlib's titles are wrapped to the figure's width (at a space or
+    after a hyphen), which this test does not pin down."""
+    return "".join(text.split())
 
 
-def test_conv1_grid_for_a_test_image(small_run, tmp_path, capsys):
-    run = tmp_path / "run"
-    shutil.copytree(small_run, run)  # the default output is inside the run: keep the shared fixture as it was
-    assert main(["--run", str(run), "--layer", "conv1", "--index", "3"]) == 0
+def title(fig) -> str:  # noqa: ANN001
+    return squashed(fig._suptitle.get_text())  # Figure.get_suptitle() is matplotlib 3.8's; 3.7 is supported
+
+
+def panels(fig) -> dict:  # noqa: ANN001
+    """A figure's panels by their titles: 'input', then '0', '1', ... for the channels."""
+    return {ax.get_title(): ax for ax in fig.axes if ax.get_title()}
+
+
+def test_conv1_grid_for_a_test_image(known_run, data_dir, capsys, saved_figures):
+    """conv1 of known_weights is c everywhere in channel c: tile c is one colour, viridis at c/9 on the layer's
+    one scale, in rows of four; beside them, the input is test image 3 as it is in the data set."""
+    assert main(["--run", str(known_run), "--layer", "conv1", "--index", "3"]) == 0
     out = Path(capsys.readouterr().out.strip())
-    assert out == run / "features" / "conv1-test-3.png"
-    assert not_blank(out)
+    assert out == known_run / "features" / "conv1-test-3.png"  # the default: inside the run
+    (fig,) = saved_figures
+    tiles = [panels(fig)[str(c)] for c in range(10)]
+    assert centre_colours(out, tiles) == CONV1  # read back from the PNG
+    corners = [(round(ax.get_window_extent().x0), -round(ax.get_window_extent().y0)) for ax in tiles]
+    assert len({y for _, y in corners}) == 3 and sorted(corners, key=lambda xy: (xy[1], xy[0])) == corners
+    assert [x for x, _ in corners[4:]] == [x for x, _ in corners[:6]]  # the columns line up
+    test = load_test_split("mnist", data_dir)
+    assert np.array_equal(panels(fig)["input"].images[0].get_array(), (test.images[3, 0].float() / 255).numpy())
 
 
 def test_all_layers_have_their_channel_counts(small_run, tmp_path, capsys):
@@ -42,29 +61,49 @@ def test_all_layers_have_their_channel_counts(small_run, tmp_path, capsys):
     assert all(not_blank(tmp_path / name) for name in written)
 
 
-def test_channel_count_in_each_title(small_run, tmp_path, capsys):
-    from vizkit.checkpoint import load_checkpoint
-    from vizkit.graph import forward_graph
+def test_channel_count_in_each_title(known_run, tmp_path, saved_figures):
+    """pytorch/examples' Net on 28 x 28: conv 5x5 gives 24, pooling 12, conv 8, pooling 4; 20 x 4 x 4 flat into
+    fc1 (50) and fc2 (10). Each figure's title says so, then what the input was and what the model answered,
+    and a map's figure has a numbered tile per channel."""
+    assert main(["--run", str(known_run), "--layer", "all", "--out", str(tmp_path)]) == 0
+    steps = {
+        "conv1 (Conv2d, from input): 10 channels, 24x24": 10,
+        "pool1 (MaxPool2d, from conv1): 10 channels, 12x12": 10,
+        "relu1 (ReLU, from pool1): 10 channels, 12x12": 10,
+        "conv2 (Conv2d, from relu1): 20 channels, 8x8": 20,
+        "pool2 (MaxPool2d, from conv2): 20 channels, 4x4": 20,
+        "relu2 (ReLU, from pool2): 20 channels, 4x4": 20,
+        "fc1 (Linear, from flatten): 50 units": 0,  # bars, not tiles
+        "relu3 (ReLU, from fc1): 50 units": 0,
+        "fc2 (Linear, from relu3): 10 units": 0,
+    }
+    said = f" - test-0 (label 7): predicted 3 (91.0%); {NOTE}"
+    assert [title(fig) for fig in saved_figures] == [squashed(step + said) for step in steps]
+    tiles = [[t for t in panels(fig) if t.isdigit()] for fig in saved_figures]
+    assert tiles == [[str(c) for c in range(n)] for n in steps.values()]
 
-    model, ckpt = load_checkpoint(small_run / "best.pth")
-    convs = [s for s in forward_graph(model, ckpt["input_shape"]).steps if s.kind == "conv"]
-    assert [(s.name, s.shape) for s in convs] == [
-        ("conv1", (16, 28, 28)),
-        ("conv2", (32, 14, 14)),
-        ("conv3", (64, 7, 7)),
-    ]
 
-
-def test_own_photo_and_kernels(small_run, data_dir, tmp_path):
-    photo = tmp_path / "my digit.jpg"
-    digit_photo(load_test_split("mnist", data_dir).images[0, 0].numpy(), np.random.default_rng(0)).save(photo)
-    assert (
-        main(["--run", str(small_run), "--layer", "conv2", "--image", str(photo), "--out", str(tmp_path / "a.png")])
-        == 0
-    )
-    assert not_blank(tmp_path / "a.png")
-    assert main(["--run", str(small_run), "--layer", "conv1", "--weights", "--out", str(tmp_path / "k.png")]) == 0
-    assert not_blank(tmp_path / "k.png")
+def test_own_photo_and_kernels(known_run, data_dir, tmp_path, saved_figures):
+    """A photo of test digit 0 is named by its file and shown as the model's input, the digit it was made from;
+    conv2's kernels of known_weights are +1 (red) where output channel = input channel, else -1 (blue)."""
+    digit = load_test_split("mnist", data_dir).images[0, 0].numpy()
+    photo, a, k = tmp_path / "my digit.jpg", tmp_path / "a.png", tmp_path / "k.png"
+    digit_photo(digit, np.random.default_rng(0)).save(photo)
+    assert main(["--run", str(known_run), "--layer", "conv1", "--image", str(photo), "--out", str(a)]) == 0
+    assert main(["--run", str(known_run), "--layer", "conv2", "--weights", "--out", str(k)]) == 0
+    maps, kernels = saved_figures
+    said = f"my digit: predicted 3 (91.0%); {NOTE}"
+    assert title(maps) == squashed(f"conv1 (Conv2d, from input): 10 channels, 24x24 - {said}")
+    seen = np.asarray(panels(maps)["input"].images[0].get_array())
+    shifts = [(dy, dx) for dy in range(-2, 3) for dx in range(-2, 3)]
+    match = max(np.corrcoef(np.roll(seen, s, (0, 1)).ravel(), digit.ravel())[0, 1] for s in shifts)
+    assert match > 0.95  # found on the page and centred by its mass as MNIST's are, to a pixel or two
+    assert centre_colours(a, [panels(maps)[str(c)] for c in range(10)]) == CONV1
+    # 20 output channels, of which the first 16 are drawn, a row each; a column per input channel (10)
+    layout = "rows: output channels, columns: input channels (first 16)"
+    assert title(kernels) == squashed(f"conv2 kernels (20, 10, 5, 5): {layout}")
+    red, blue = colour_of("RdBu_r", 1.0), colour_of("RdBu_r", 0.0)
+    assert centre_colours(k, kernels.axes[:160]) == [red if o == i else blue for o in range(16) for i in range(10)]
 
 
 def test_list_layers(small_run, capsys):
@@ -104,12 +143,14 @@ def test_missing_run(tmp_path, capsys):
     assert "does not exist" in capsys.readouterr().err
 
 
-def test_end_to_end_subprocess(small_run, tmp_path):
+def test_end_to_end_subprocess(known_run, tmp_path):
     out = tmp_path / "c.png"
-    cmd = [sys.executable, "-m", "vizkit.features", "--run", str(small_run), "--layer", "conv1", "--out", str(out)]
+    cmd = [sys.executable, "-m", "vizkit.features", "--run", str(known_run), "--layer", "conv1", "--out", str(out)]
     result = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=120)
     assert result.returncode == 0, result.stderr
-    assert result.stdout.strip() == str(out) and not_blank(out)
+    assert result.stdout.strip() == str(out)
+    areas = colour_areas(out, CONV1)  # ten tiles of one size, one colour each (the colour bar adds a few pixels)
+    assert min(areas) > 2000 and max(areas) - min(areas) < 0.01 * min(areas)
     assert "vizkit.train" not in result.stderr
 
 

@@ -31,10 +31,19 @@ def test_hooks_removed_and_mode_restored_after_an_exception():
 
 
 def test_eval_mode_is_restored_too():
+    """Each module leaves the block in the mode it entered it, whatever happened inside: a model in eval mode
+    that the block put in train mode comes back in eval mode; a training model with one BatchNorm frozen on
+    purpose comes back with that one BatchNorm, and only it, in eval mode (model.train() would unfreeze it)."""
     model = get_model("vizkit").eval()
     with capture(model, ["conv1"], eval_mode=False):
-        pass
-    assert not model.training
+        assert not model.training  # eval_mode=False: left as it was on the way in
+        model.train()
+    assert [m.training for m in model.modules()] == [False] * len(list(model.modules()))
+    model.train()
+    model.bn2.eval()
+    with capture(model, ["conv1"]):
+        assert not any(m.training for m in model.modules())
+    assert [name for name, m in model.named_modules() if not m.training] == ["bn2"]
 
 
 def test_unknown_layer_lists_valid_names():

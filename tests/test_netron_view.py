@@ -8,6 +8,8 @@ import urllib.parse
 import urllib.request
 from pathlib import Path
 
+import numpy as np
+import onnxruntime as ort
 import pytest
 from conftest import CHROMIUM, chromium_page
 
@@ -81,9 +83,19 @@ def test_not_a_model(tmp_path, content, name, message, capsys):
     assert message in capsys.readouterr().err
 
 
-def test_checkpoint_is_exported_to_a_temporary_file(small_run, tmp_path):
-    path = onnx_for(str(small_run / "best.pth"), tmp_path)
-    assert path.parent == tmp_path and path.suffix == ".onnx"
+def test_checkpoint_is_exported_to_a_temporary_file(known_run, tmp_path):
+    """known_weights says 3 at 91.0% whatever the input: the exported file gives those logits for any batch,
+    is the one file in the folder it was given, and the run is left holding its checkpoint alone."""
+    workdir = tmp_path / "work"
+    workdir.mkdir()
+    path = onnx_for(str(known_run / "best.pth"), workdir)
+    assert path == workdir / "best.onnx" and list(workdir.iterdir()) == [path]
+    assert [p.name for p in known_run.iterdir()] == ["best.pth"]
+    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    assert [i.name for i in session.get_inputs()] == ["image"] and [o.name for o in session.get_outputs()] == ["logits"]
+    (logits,) = session.run(None, {"image": np.random.default_rng(0).random((3, 1, 28, 28), dtype=np.float32)})
+    want = np.log([0.01, 0.01, 0.01, 0.91, 0.01, 0.01, 0.01, 0.01, 0.01, 0.01])
+    assert logits.shape == (3, 10) and np.allclose(logits, want, atol=1e-6)
 
 
 @pytest.mark.parametrize("days_ahead", [0, 400], ids=["today", "netron-older-than-180-days"])

@@ -41,10 +41,10 @@ def test_text_output_and_figure(mnist_run, data_dir, tmp_path, capsys):
         assert img.size[1] > 400 and img.convert("L").getextrema()[0] < 100
 
 
-def test_bad_image_is_one_line(mnist_run, tmp_path, capsys):
+def test_bad_image_is_one_line(small_run, tmp_path, capsys):
     bad = tmp_path / "x.jpg"
     bad.write_bytes(b"\xff\xd8\xff\xe0 truncated")
-    assert main(["--run", str(mnist_run), str(bad)]) == 2
+    assert main(["--run", str(small_run), str(bad)]) == 2
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and "x.jpg" in err
 

@@ -15,7 +15,7 @@ from PIL import Image
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 from torch import nn
 
-from vizkit import Run, explain, features, netron_view, predict, report
+from vizkit import Run, explain, features, netron_view, predict, report, rundir
 from vizkit.checkpoint import read_checkpoint
 from vizkit.errors import VizkitError
 
@@ -86,6 +86,43 @@ def test_run_that_raises_is_not_marked_finished(tmp_path):
         run.epoch(val_loss=1.0)
         raise RuntimeError("the loop broke")
     assert (tmp_path / "run" / "last.pth").is_file() and not (tmp_path / "run" / "metrics.json").exists()
+
+
+def test_a_run_that_raises_before_its_first_epoch_leaves_nothing(tmp_path, caplog):
+    with pytest.raises(KeyboardInterrupt), Run(Sign(), images([1]), run_dir=tmp_path / "run") as run:
+        run.step(1.0)
+        raise KeyboardInterrupt  # Ctrl-C in the first epoch: nothing to keep or resume
+    assert not (tmp_path / "run").exists() and "no epoch finished" in caplog.text
+
+
+def test_every_run_lists_the_same_hparams_columns(tmp_path):
+    """TensorBoard takes the columns from whichever run it reads first: a run from a person's loop (no config)
+    must not hide the settings of vizkit.train's runs, nor the other way round."""
+    from tensorboard.backend.event_processing.event_file_loader import EventFileLoader
+    from tensorboard.plugins.hparams import metadata
+
+    loader = [(images([1, -1]), torch.tensor([0, 1]))]
+    for name, config in (("loop", None), ("train", {"lr": 0.5, "optimizer": "sgd", "augment": True})):
+        with Run(Sign(), images([1]), run_dir=tmp_path / name, config=config, log="scalars") as run:
+            run.epoch(val_loader=loader)
+            run.evaluate(loader)
+    columns, values = {}, {}
+    for name in ("loop", "train"):
+        for path in (tmp_path / name).glob("events.out.tfevents.*"):
+            for event in EventFileLoader(str(path)).Load():
+                for v in event.summary.value:
+                    if v.tag == metadata.EXPERIMENT_TAG:
+                        exp = metadata.parse_experiment_plugin_data(v.metadata.plugin_data.content)
+                        columns[name] = [h.name for h in exp.hparam_infos]
+                        metrics = [m.name.tag for m in exp.metric_infos]
+                    if v.tag == metadata.SESSION_START_INFO_TAG:
+                        start = metadata.parse_session_start_info_plugin_data(v.metadata.plugin_data.content)
+                        values[name] = set(start.hparams)
+    assert columns["loop"] == columns["train"] and {"lr", "optimizer", "augment", "model", "mean"} <= set(
+        columns["train"]
+    )
+    assert metrics == ["hparam/test_accuracy", "hparam/test_loss", "hparam/best_val_accuracy"]
+    assert values["loop"] == {"model", "mean", "std"} and {"lr", "optimizer", "augment"} <= values["train"]
 
 
 def test_run_dir_must_be_new_or_empty(tmp_path):
@@ -167,6 +204,7 @@ def test_resume_removes_what_a_killed_writer_left(tmp_path):
     live = run_dir / f".best.pth.tmp-{os.getpid()}"  # a writer still running (this one) is left alone
     for f in (stale, live):
         f.write_bytes(b"half a checkpoint")
-    Run(Sign(), images([1]), run_dir=run_dir, log="off", resume_step=2)
+    rundir.reopen(run_dir, {})
+    rundir.release(run_dir)
     assert not stale.exists() and live.exists()
     assert (run_dir / "last.pth").is_file()

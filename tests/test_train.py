@@ -12,7 +12,7 @@ import torch
 from PIL import Image
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-from vizkit.checkpoint import load_checkpoint
+from vizkit.checkpoint import open_checkpoint
 from vizkit.config import tomllib
 from vizkit.train import main
 
@@ -84,7 +84,7 @@ def test_metrics_json(small_run):
 def test_best_checkpoint_reproduces_the_test_accuracy(small_run, data_dir):
     from vizkit.data import load_dataset, normalize
 
-    model, ckpt = load_checkpoint(small_run / "best.pth")
+    model, ckpt = open_checkpoint(small_run / "best.pth")
     assert ckpt["mean"] == [0.1307] and ckpt["model"] == "vizkit" and ckpt["input_shape"] == [1, 28, 28]
     test = load_dataset("mnist", data_dir, limit_train=1).test
     with torch.no_grad():
@@ -95,7 +95,7 @@ def test_best_checkpoint_reproduces_the_test_accuracy(small_run, data_dir):
 
 def test_onnx_matches_the_checkpoint(small_run):
     onnx.checker.check_model(str(small_run / "model.onnx"))
-    model, ckpt = load_checkpoint(small_run / "best.pth")
+    model, ckpt = open_checkpoint(small_run / "best.pth")
     x = torch.rand(9, 1, 28, 28)
     (got,) = ort.InferenceSession(str(small_run / "model.onnx")).run(["logits"], {"image": x.numpy()})
     with torch.no_grad():
@@ -222,7 +222,7 @@ def test_evaluation_data_in_the_event_log(small_run):
     from vizkit.analysis import activation_stats
     from vizkit.data import batches, load_dataset
 
-    model, ckpt = load_checkpoint(small_run / "last.pth")
+    model, ckpt = open_checkpoint(small_run / "last.pth")
     val = load_dataset("mnist", ckpt["config"]["data_dir"], limit_train=1).val
     stats = activation_stats(model, next(batches(val, 256, ckpt["mean"], ckpt["std"]))[0])
     for layer in ("relu1", "relu4"):

@@ -423,8 +423,8 @@ def test_config_with_model_args_round_trips():
 
 def test_optimize_inputs_leaves_no_gradient_on_the_model():
     from vizkit.attribution import optimize_inputs
-    from vizkit.export import Normalized
     from vizkit.models import get_model
+    from vizkit.normalize import Normalized
 
     model = get_model("net").eval()
     optimize_inputs(Normalized(model, [0.1307], [0.3081]), model, "conv1", [1, 28, 28], steps=2)

@@ -1,6 +1,6 @@
 """Where a model is wrong and what its layers do: predictions, confusion, activation statistics, a layer summary.
 
-Plain computations on any nn.Module; logger.py and report.py decide where the results go.
+Plain computations on any nn.Module; run.py and report.py decide where the results go.
 """
 
 from __future__ import annotations
@@ -8,6 +8,7 @@ from __future__ import annotations
 from collections.abc import Iterable
 from dataclasses import dataclass
 from math import prod
+from typing import Any
 
 import torch
 from torch import nn
@@ -98,6 +99,61 @@ def per_class_accuracy(cm: torch.Tensor) -> list[float]:
 def top_losses(pred: Predictions, k: int = 16) -> torch.Tensor:
     """Indices of the k most confidently wrong images (highest loss), worst first."""
     return pred.losses.topk(min(k, len(pred.losses))).indices
+
+
+@dataclass
+class Evaluation:
+    """A model's final evaluation on a test set, computed once and drawn, logged and saved elsewhere (fastai's
+    Interpretation): predictions (probabilities, losses, labels; the projector's features and the inputs kept),
+    the confusion matrix, per-class accuracy and the top losses."""
+
+    predictions: Predictions
+    confusion: torch.Tensor  # (K, K)
+    per_class: list[float]
+    worst: torch.Tensor  # indices of the top losses, worst first
+
+    @property
+    def accuracy(self) -> float:
+        return self.predictions.accuracy
+
+    @property
+    def loss(self) -> float:
+        return self.predictions.loss
+
+    def numbers(self) -> dict[str, Any]:
+        """What metrics.json keeps of it."""
+        return {
+            "test_accuracy": self.accuracy,
+            "test_loss": self.loss,
+            "confusion_matrix": self.confusion.tolist(),
+            "per_class_accuracy": self.per_class,
+        }
+
+
+def evaluate(
+    model: nn.Module,
+    loader: Iterable[tuple[torch.Tensor, torch.Tensor]],
+    input_shape: list[int] | tuple[int, ...],
+    classes: int,
+    features_of: str | None = None,
+) -> Evaluation:
+    """Everything the final evaluation shows, in one pass over (x, y) batches, in eval mode."""
+    pred = predict(model, loader, input_shape, features_of, keep_inputs=True)
+    cm = confusion_matrix(pred.labels, pred.preds, classes)
+    return Evaluation(pred, cm, per_class_accuracy(cm), top_losses(pred))
+
+
+def epoch_score(val_accuracy: float | None, val_loss: float | None) -> float:
+    """What the best epoch is chosen by: validation accuracy, else the negative validation loss; an epoch
+    with neither scores -inf (the latest such epoch is kept as the best)."""
+    if val_accuracy is not None:
+        return val_accuracy
+    return -val_loss if val_loss is not None else float("-inf")
+
+
+def is_best(score: float, best_score: float) -> bool:
+    """Whether an epoch of this score replaces the best so far (an epoch with no score always does)."""
+    return score > best_score or score == float("-inf")
 
 
 @torch.no_grad()

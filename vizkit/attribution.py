@@ -1,7 +1,7 @@
 """Which input pixels a prediction depends on: gradient saliency, integrated gradients and Grad-CAM.
 
 Captum's and pytorch-grad-cam's methods in a few lines each, on vizkit's own graph.capture(). Each takes
-`net`, a module from pixels in [0, 1] to logits (export.Normalized around a model), and a (1, C, H, W) input,
+`net`, a module from pixels in [0, 1] to logits (normalize.Normalized around a model), and a (1, C, H, W) input,
 and returns an (H, W) map.
 """
 

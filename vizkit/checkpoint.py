@@ -26,6 +26,7 @@ promise weights_only makes for pickles.
 
 from __future__ import annotations
 
+import io
 import logging
 import math
 import os
@@ -42,7 +43,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from vizkit import trust
+from vizkit import rundir, trust
 from vizkit.data import get_spec
 from vizkit.errors import VizkitError, first_line
 from vizkit.files import atomic_write
@@ -52,7 +53,6 @@ log = logging.getLogger(__name__)
 
 CHECKPOINT_KEYS = ("model", "state_dict", "config", "classes", "mean", "std", "input_shape")
 WRAPPER_KEYS = ("state_dict", "model_state_dict", "model")  # where tutorials put the weights in a dict
-SOURCE_DIR = "source"  # a run keeps a copy of a user model's file here, for the record
 MAX_EXAMPLES = 64  # images a Run keeps for the inspection commands when it knows no dataset
 MAX_SIDE, MAX_CLASSES = 4096, 100_000  # what a checkpoint may ask a model to be built for (the factory is called)
 
@@ -90,7 +90,10 @@ def save_checkpoint(path: str | Path, model: nn.Module, /, **fields: Any) -> Pat
     missing = [k for k in CHECKPOINT_KEYS if k not in payload]
     if missing:
         raise ValueError(f"checkpoint fields missing: {missing}")
-    atomic_write(Path(path), lambda tmp: torch.save(payload, tmp))
+    # into memory first: torch's zip writer reports a full disk as a RuntimeError, a file write as OSError
+    buffer = io.BytesIO()
+    torch.save(payload, buffer)
+    atomic_write(Path(path), lambda tmp: tmp.write_bytes(buffer.getbuffer()))
     return Path(path)
 
 
@@ -283,7 +286,7 @@ def trusted_spec(ckpt: dict[str, Any], path: Path, shared: Path | None = None) -
 
 def _how(ckpt: dict[str, Any], path: Path) -> str:
     spec = ckpt["model"]
-    copy = path.parent / SOURCE_DIR
+    copy = path.parent / rundir.SOURCE
     kept = f" (the training source is kept in {copy})" if copy.is_dir() else ""
     return f"pass --model PATH.py:{display_name(spec) if spec else 'NAME'} to use code you chose{kept}"
 
@@ -407,29 +410,6 @@ def open_checkpoint(
         )  # fmt: skip
     ckpt["model"] = spec
     return net, ckpt
-
-
-def load_checkpoint(path: str | Path) -> tuple[nn.Module, dict[str, Any]]:
-    """Rebuild a vizkit checkpoint's model (the recorded one, under the trust rule) on the CPU, in eval mode."""
-    return open_checkpoint(path)
-
-
-def find_checkpoint(run: str | None = None, checkpoint: str | None = None, runs_root: str | Path = "runs") -> Path:
-    """The checkpoint to inspect: --checkpoint as given, a run directory's best.pth, or the newest run's."""
-    if checkpoint:
-        return Path(checkpoint)
-    if run:
-        run_dir = Path(run)
-        if not run_dir.is_dir():
-            raise VizkitError(f"run directory {run_dir} does not exist")
-        for name in ("best.pth", "last.pth"):
-            if (run_dir / name).is_file():
-                return run_dir / name
-        raise VizkitError(f"{run_dir} holds no best.pth or last.pth; train first (python -m vizkit.train)")
-    runs = [p for p in Path(runs_root).glob("*/best.pth")] if Path(runs_root).is_dir() else []
-    if not runs:
-        raise VizkitError(f"no trained run under {runs_root}/; train one (python -m vizkit.train) or give --checkpoint")
-    return max(runs, key=lambda p: p.stat().st_mtime)
 
 
 def normalisation_note(ckpt: dict[str, Any]) -> str:

@@ -412,6 +412,29 @@ def load_dataset(
     return Dataset(spec, train, val, test)
 
 
+TORCHVISION_NAMES = {"MNIST": "mnist", "FashionMNIST": "fashion-mnist", "CIFAR10": "cifar10"}  # class -> dataset
+
+
+def guess_dataset(input_shape: list[int], classes: int) -> str | None:
+    """The known dataset with this input shape and class count (where the inspection commands find test images)."""
+    for name, spec in DATASETS.items():
+        if [spec.channels, spec.size, spec.size] == list(input_shape) and len(spec.classes) == classes:
+            return name  # MNIST before Fashion-MNIST: same shape, and the teaching case
+    return None
+
+
+def loader_source(loader: object) -> tuple[Path | None, str | None]:
+    """Where a loader's torchvision dataset keeps its files (its `root`, through DataLoader and Subset), and
+    which known dataset its class is: (None, None) for anything else."""
+    dataset = getattr(loader, "dataset", None)
+    while dataset is not None and not hasattr(dataset, "root"):
+        dataset = getattr(dataset, "dataset", None)
+    root = getattr(dataset, "root", None)
+    if not isinstance(root, (str, Path)) or not Path(root).is_dir():
+        return None, None
+    return Path(root).resolve(), TORCHVISION_NAMES.get(type(dataset).__name__)
+
+
 def normalize(images: torch.Tensor, mean: tuple[float, ...], std: tuple[float, ...]) -> torch.Tensor:
     """uint8 (N, C, H, W) -> float32, scaled to [0, 1] then standardised per channel (as ToTensor + Normalize)."""
     x = images.float().div_(255)

@@ -21,7 +21,7 @@ from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 from tqdm import tqdm
 
-from vizkit import distributed, graph
+from vizkit import distributed, graph, rundir
 from vizkit.allocator import freed_memory_kept
 from vizkit.checkpoint import load_weights
 from vizkit.config import TrainConfig
@@ -216,7 +216,7 @@ def check_finite(loop: Loop, losses: torch.Tensor, first: int, epoch: int) -> No
         k = int(bad[0])
         kind = "NaN" if torch.isnan(losses[k]).item() else "infinite"
         lr = loop.optimizer.param_groups[0]["lr"]
-        kept = f"{loop.run_dir / 'last.pth'} keeps epoch {epoch - 1}" if epoch > 1 else "no epoch was finished"
+        kept = f"{loop.run_dir / rundir.LAST} keeps epoch {epoch - 1}" if epoch > 1 else "no epoch was finished"
         raise VizkitError(
             f"the loss became {kind} at step {first + k + 1} (epoch {epoch}, lr {lr:.3g}); training stopped and "
             f"{kept}. Lower --lr (or check the data) and train again"
@@ -260,7 +260,7 @@ def resume_state(loop: Loop) -> dict[str, Any]:
 def restore(loop: Loop, ckpt: dict[str, Any]) -> int:
     """Put last.pth's weights and training state back; returns the epoch to continue from."""
     state = ckpt["resume"]
-    load_weights(loop.model, ckpt["state_dict"], loop.run_dir / "last.pth", display_name(loop.cfg.model))
+    load_weights(loop.model, ckpt["state_dict"], loop.run_dir / rundir.LAST, display_name(loop.cfg.model))
     loop.optimizer.load_state_dict(state["optimizer"])
     if loop.scheduler is not None:
         loop.scheduler.load_state_dict(state["scheduler"])
@@ -310,8 +310,9 @@ def fit(
     stop: StopFlag | None = None,
     resume: dict[str, Any] | None = None,
 ) -> dict[str, Any] | None:
-    """Train, evaluate and export into run_dir (made by the caller, config.toml in it); returns the metrics
-    written to metrics.json (None on ranks other than 0). `resume` is a last.pth checkpoint to continue from."""
+    """Train, evaluate and export into run_dir (made or reopened by the caller, which holds its lock, with
+    config.toml in it); returns the metrics written to metrics.json (None on ranks other than 0). `resume` is a
+    last.pth checkpoint to continue from."""
     spec = data.spec
     mean = tuple(cfg.mean) or spec.mean
     std = tuple(cfg.std) or spec.std
@@ -333,18 +334,16 @@ def fit(
         steps_per_epoch, run_dir, layout, output_kind(model, cfg.model, spec),
     )  # fmt: skip
     start_epoch = restore(loop, resume) if resume is not None else 1
-    purge = (start_epoch - 1) * steps_per_epoch + 1 if resume is not None else None
     if d.main:
         loop.run = Run(
             model, feature_batch, mean, std, run_dir=run_dir, classes=spec.classes, dataset=spec.name,
             config=cfg.to_dict(), model_spec=cfg.model, model_args=cfg.model_args, log=cfg.log, epochs=cfg.epochs,
-            log_every=cfg.log_every, stats_sample=stats_batch, resume_step=purge, existing=True,
+            log_every=cfg.log_every, stats_sample=stats_batch, existing=True,
+            resume=resume["resume"] if resume is not None else None,
             data_dir=None if is_folder_dataset(cfg.dataset) else cfg.data_dir,
         )  # fmt: skip
     with loop.run if loop.run is not None else contextlib.nullcontext():
-        if loop.run is not None and resume is not None:
-            loop.run.restore(resume["resume"])
-        elif loop.run is not None:
+        if loop.run is not None and resume is None:
             print(loop.run.summary)
             loop.run.samples(train.images[:20].cpu(), train.labels[:20].cpu())
         with freed_memory_kept():  # the first epoch as fast as the others (allocator.py)
@@ -353,7 +352,7 @@ def fit(
             return None
         # The final numbers come from the best epoch's weights (by validation accuracy), on rank 0 alone,
         # in one pass over the whole test set that also gives everything the analysis needs.
-        loop.run.load_best()
+        loop.run.checkpoints.load_best(loop.model)
         loop.run.evaluate(batches(test, cfg.eval_batch_size, *norm, memory_format=layout))
         loop.run.note(processes=d.world)
         # A signal during the test pass or the export: exit 130 before metrics.json marks the run finished;

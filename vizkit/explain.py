@@ -19,10 +19,10 @@ from vizkit.attribution import grad_cam, integrated_gradients, no_evidence, sali
 from vizkit.checkpoint import normalisation_note
 from vizkit.cli import run_cli
 from vizkit.errors import VizkitError
-from vizkit.export import Normalized
 from vizkit.graph import capture, forward_graph, probabilities
 from vizkit.inputs import add_input_args, add_model_args, load_model, load_sample
 from vizkit.models import display_name
+from vizkit.normalize import Normalized
 from vizkit.plots import explain_figure, save_figure
 
 MAX_STEPS = 1024  # integrated gradients: one image per step in one batch

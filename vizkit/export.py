@@ -15,23 +15,9 @@ import torch
 from torch import nn
 
 from vizkit.files import atomic_write
-from vizkit.graph import first_tensor
+from vizkit.normalize import Normalized
 
 log = logging.getLogger(__name__)
-
-
-class Normalized(nn.Module):
-    """model((x - mean) / std): takes pixels in [0, 1], so the file carries its own preprocessing. A model that
-    returns a tuple, list or dict gives its first tensor."""
-
-    def __init__(self, model: nn.Module, mean: Sequence[float], std: Sequence[float]) -> None:
-        super().__init__()
-        self.model = model
-        self.register_buffer("mean", torch.tensor(list(mean)).view(1, -1, 1, 1))
-        self.register_buffer("std", torch.tensor(list(std)).view(1, -1, 1, 1))
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return first_tensor(self.model((x - self.mean) / self.std), self.model)
 
 
 OUTPUT_NAMES = {"logits": "logits", "log-probabilities": "log_probabilities", "probabilities": "probabilities"}

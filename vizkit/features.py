@@ -21,9 +21,9 @@ from vizkit.attribution import optimize_inputs
 from vizkit.checkpoint import normalisation_note
 from vizkit.cli import run_cli
 from vizkit.errors import VizkitError
-from vizkit.export import Normalized
 from vizkit.graph import Graph, capture, forward_graph, probabilities
 from vizkit.inputs import Sample, add_input_args, add_model_args, load_model, load_sample
+from vizkit.normalize import Normalized
 from vizkit.plots import activation_figure, kernels_figure, save_figure, tiles_figure
 
 

@@ -11,9 +11,10 @@ import numpy as np
 import torch
 from torch import nn
 
-from vizkit.checkpoint import find_checkpoint, open_checkpoint
+from vizkit.checkpoint import open_checkpoint
 from vizkit.cli import add_own_model_args
 from vizkit.errors import VizkitError
+from vizkit.rundir import find_checkpoint
 
 
 @dataclass

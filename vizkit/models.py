@@ -69,6 +69,18 @@ def absolute_spec(spec: str) -> str:
     return f"{Path(where).resolve()}:{name}" if where.endswith(".py") else spec
 
 
+def spec_of(model: nn.Module) -> str:
+    """How to rebuild a model from its class: `/abs/file.py:Name` or `package.module:Name` ('' if it can't be)."""
+    cls = type(model)
+    if "." in cls.__qualname__ or cls.__module__.split(".")[0] in ("torch", "builtins"):
+        return ""  # defined inside a function or class, or a bare nn.Sequential: no name to import it by
+    module = sys.modules.get(cls.__module__)
+    path = getattr(module, "__file__", None)
+    if cls.__module__ == "__main__" or cls.__module__.startswith("vizkit_user_"):
+        return f"{Path(path).resolve()}:{cls.__qualname__}" if path else ""
+    return f"{cls.__module__}:{cls.__qualname__}"
+
+
 def display_name(spec: str) -> str:
     """What a run directory is named after: the zoo name, or NAME of a user spec."""
     return spec.rpartition(":")[2] if is_user_model(spec) else spec

@@ -21,6 +21,7 @@ import webbrowser
 import zipfile
 from pathlib import Path
 
+from vizkit import rundir
 from vizkit.cli import add_own_model_args, run_cli
 from vizkit.errors import VizkitError, first_line
 
@@ -31,10 +32,10 @@ def onnx_for(target: str, workdir: Path, args: argparse.Namespace | None = None)
     `args` carries --model/--mean/--std/--dataset for a checkpoint (see inputs.add_own_model_args)."""
     path = Path(target)
     if path.is_dir():
-        if (path / "model.onnx").is_file():
-            path = path / "model.onnx"
-        elif (path / "best.pth").is_file():
-            path = path / "best.pth"
+        if (path / rundir.ONNX).is_file():
+            path = path / rundir.ONNX
+        elif (path / rundir.BEST).is_file():
+            path = path / rundir.BEST
         else:
             raise VizkitError(f"{path} holds no model.onnx or best.pth; give a run directory written by vizkit.train")
     if not path.is_file():

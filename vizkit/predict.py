@@ -18,9 +18,9 @@ import numpy as np
 import torch
 
 from vizkit.cli import run_cli
-from vizkit.export import Normalized
 from vizkit.graph import forward_graph, probabilities
 from vizkit.inputs import add_model_args, load_model
+from vizkit.normalize import Normalized
 from vizkit.plots import prediction_figure, save_figure
 from vizkit.preprocess import image_files, load_image, prepare_for
 

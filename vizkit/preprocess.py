@@ -145,9 +145,3 @@ def prepare_for(img: Image.Image, ckpt: dict) -> torch.Tensor:
     """prepare() as a checkpoint's model needs it: digits only for MNIST, its data's background from its mean."""
     digits = ckpt.get("dataset") == "mnist"
     return prepare(img, ckpt["input_shape"], digits, sum(ckpt["mean"]) / len(ckpt["mean"]) < 0.5)
-
-
-def naive(img: Image.Image, size: int = 28) -> np.ndarray:
-    """The tutorials' preparation (grayscale, invert, resize the whole photo): kept to show why it fails."""
-    small = ImageOps.invert(img.convert("L")).resize((size, size), Image.Resampling.BILINEAR)
-    return np.asarray(small, dtype=np.float32) / 255.0

@@ -15,8 +15,8 @@ from torch import nn
 
 from vizkit.attribution import grad_cam, no_evidence
 from vizkit.errors import first_line
-from vizkit.export import Normalized
 from vizkit.graph import capture, forward_graph, probabilities
+from vizkit.normalize import Normalized
 
 
 @dataclass

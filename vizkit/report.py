@@ -20,15 +20,17 @@ from matplotlib.figure import Figure
 from matplotlib.ticker import MaxNLocator
 from PIL import Image
 
+from vizkit import rundir
 from vizkit.analysis import format_summary, model_summary
-from vizkit.checkpoint import find_checkpoint, open_checkpoint, read_checkpoint
+from vizkit.checkpoint import open_checkpoint, read_checkpoint
 from vizkit.cli import run_cli
-from vizkit.errors import VizkitError, first_line
-from vizkit.export import Normalized
+from vizkit.errors import VizkitError
 from vizkit.files import write_output
 from vizkit.graph import capture, forward_graph, probabilities
 from vizkit.inputs import test_images
+from vizkit.normalize import Normalized
 from vizkit.plots import feature_grid, kernels_figure
+from vizkit.rundir import find_checkpoint
 
 FEATURE_IMAGES = 4  # test images whose feature maps the report shows
 
@@ -74,18 +76,7 @@ def table(rows: list[list[Any]], header: list[str], highlight: set[int] | None =
 
 
 def load_run(run_dir: Path) -> dict[str, Any]:
-    if not run_dir.is_dir():
-        raise VizkitError(f"run directory {run_dir} does not exist")
-    metrics_file = run_dir / "metrics.json"
-    if not metrics_file.is_file():
-        raise VizkitError(f"{run_dir} has no metrics.json: the run did not finish (resume it, or train again)")
-    try:
-        metrics = json.loads(metrics_file.read_text())
-    except (json.JSONDecodeError, UnicodeDecodeError, RecursionError) as exc:
-        raise VizkitError(f"{metrics_file} is not valid JSON ({first_line(exc)})") from None
-    if not isinstance(metrics, dict) or not isinstance(metrics.get("history"), list):
-        raise VizkitError(f"{metrics_file} is not what vizkit writes (an object with the run's numbers); train again")
-    return {"dir": run_dir, "metrics": metrics, "checkpoint": find_checkpoint(str(run_dir))}
+    return {"dir": run_dir, "metrics": rundir.read_metrics(run_dir), "checkpoint": find_checkpoint(str(run_dir))}
 
 
 def feature_maps(
@@ -218,7 +209,7 @@ def main(argv: list[str] | None = None) -> int:
     def body() -> int:
         runs = [load_run(Path(r)) for r in args.runs]
         out = (
-            Path(args.out) if args.out else (runs[0]["dir"] / "report.html" if len(runs) == 1 else Path("report.html"))
+            Path(args.out) if args.out else (runs[0]["dir"] / rundir.REPORT if len(runs) == 1 else Path("report.html"))
         )
         page = render(runs, args.data_dir, args.model)
         print(write_output(out, lambda tmp: tmp.write_text(page, encoding="utf-8")))

@@ -1,6 +1,6 @@
 """One layer's activations as a readable picture, drawn with numpy and PIL (no matplotlib figure per call).
 
-TensorBoard's Images tab shows what RunLogger writes each epoch, at the card's width (about 330 px): so
+TensorBoard's Images tab shows what Run logs each epoch, at the card's width (about 330 px): so
 every tile is at least 28 px (small maps are enlarged, nearest neighbour), numbered, on one viridis scale
 per layer with a colour bar and its range, as `vizkit.features` draws them.
 """
@@ -79,3 +79,11 @@ def layer_image(activation: torch.Tensor, title: str) -> np.ndarray:
     draw.text((bar_x + 10, top - 2), f"{hi:.2g}", fill=(0, 0, 0), font=font)
     draw.text((bar_x + 10, bottom - 10), f"{lo:.2g}", fill=(0, 0, 0), font=font)
     return np.asarray(picture)
+
+
+def square(images: torch.Tensor) -> torch.Tensor:
+    """Non-square images (N, C, H, W) centred on black squares: the projector's sprite takes square ones only."""
+    h, w = images.shape[-2:]
+    side = max(h, w)
+    top, left = (side - h) // 2, (side - w) // 2
+    return torch.nn.functional.pad(images, (left, side - w - left, top, side - h - top))

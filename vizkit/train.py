@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import errno
+import os
 import sys
 from pathlib import Path
 from typing import Any
@@ -17,17 +19,15 @@ from typing import Any
 import torch
 
 from vizkit import config as cfgmod
-from vizkit import distributed
+from vizkit import distributed, rundir
 from vizkit.checkpoint import read_checkpoint, trusted_spec
 from vizkit.cli import run_cli
 from vizkit.config import TrainConfig
 from vizkit.data import get_spec, is_folder_dataset, load_dataset
 from vizkit.distributed import Dist
 from vizkit.engine import Interrupted, StopFlag, fit, pick_device
-from vizkit.errors import VizkitError
-from vizkit.files import atomic_write_text
-from vizkit.models import absolute_spec, display_name, get_model, list_models
-from vizkit.run import new_run_dir
+from vizkit.errors import VizkitError, first_line
+from vizkit.models import absolute_spec, display_name, get_model, is_user_model, list_models
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -97,11 +97,7 @@ def resolve_config(args: argparse.Namespace) -> TrainConfig:
         if args.config or changed:
             given = ", ".join(["config"] * bool(args.config) + changed)
             raise VizkitError(f"--resume continues a run with its own config.toml; leave out: {given}")
-        config_file = Path(args.resume) / "config.toml"
-        if not config_file.is_file():
-            raise VizkitError(
-                f"{args.resume} is not a run directory (no config.toml); give one written by vizkit.train"
-            )
+        config_file = rundir.config_file(Path(args.resume))
         cfg = cfgmod.from_dict(overrides, "command line", cfgmod.load_config(str(config_file)))
     else:
         cfg = cfgmod.load_config(args.config) if args.config else TrainConfig()
@@ -111,24 +107,34 @@ def resolve_config(args: argparse.Namespace) -> TrainConfig:
     return dataclasses.replace(cfg, model=absolute_spec(cfg.model), dataset=dataset)
 
 
+DISK_ERRORS = (errno.ENOSPC, errno.EDQUOT, errno.EIO, errno.EROFS, errno.EFBIG)
 RESUME_MAY_CHANGE = ("device", "data_dir", "run_dir", "model")  # where it runs, and --model (checked above)
 
 
-def load_resume(run_dir: Path, cfg: TrainConfig, named_model: bool) -> dict[str, Any]:
-    """last.pth to continue from. Unless the person named the model (--model), its code must be what last.pth
-    recorded, under checkpoint.py's trust rule, and config.toml must name that same model: a run directory
-    from someone else never gets its code imported by --resume."""
-    last = run_dir / "last.pth"
+def load_resume(run_dir: Path, cfg: TrainConfig, named_model: bool) -> dict[str, Any] | None:
+    """last.pth to continue from, or None for a run killed in its first epoch (it starts again). Unless the
+    person named the model (--model), its code must be what last.pth recorded, under checkpoint.py's trust rule,
+    and config.toml must name that same model: a run directory from someone else never gets its code imported by
+    --resume (and one with no last.pth, nothing signed, only a zoo model)."""
+    last = run_dir / rundir.LAST
+    if not last.is_file():
+        if is_user_model(cfg.model) and not named_model:
+            raise VizkitError(
+                f"{run_dir} finished no epoch, so nothing vouches for the code its config.toml names "
+                f"({cfg.model}); pass --model PATH.py:NAME to choose it, or train a new run"
+            )
+        return None
     ckpt = read_checkpoint(last)
     if not named_model:
         if (cfg.model, cfg.model_args) != (ckpt["model"], ckpt.get("model_args") or {}):
             raise VizkitError(
-                f"{run_dir / 'config.toml'} names model {cfg.model!r} but {last} was trained with {ckpt['model']!r}; "
-                "a run directory edited by hand is not resumed (pass --model PATH.py:NAME to choose the code)"
+                f"{run_dir / rundir.CONFIG} names model {cfg.model!r} but {last} was trained with "
+                f"{ckpt['model']!r}; a run directory edited by hand is not resumed (pass --model PATH.py:NAME to "
+                "choose the code)"
             )
         trusted_spec(ckpt, last)
     if "resume" not in ckpt:
-        raise VizkitError(f"{run_dir / 'last.pth'} has no training state to resume from; train a new run")
+        raise VizkitError(f"{last} has no training state to resume from; train a new run")
     # the schedule, the split and the model were made from the config it was trained with: an edit would
     # resume a different run (OneCycleLR past its last step, another split), so config.toml must still say it
     trained, now = ckpt["config"], cfg.to_dict()
@@ -136,10 +142,10 @@ def load_resume(run_dir: Path, cfg: TrainConfig, named_model: bool) -> dict[str,
               if k in now and k not in RESUME_MAY_CHANGE and trained[k] != now[k]]  # fmt: skip
     if edited:
         raise VizkitError(
-            f"{run_dir / 'config.toml'} was edited since training ({'; '.join(edited[:3])}); --resume continues "
+            f"{run_dir / rundir.CONFIG} was edited since training ({'; '.join(edited[:3])}); --resume continues "
             "the run as it was trained: put it back, or train a new run with --config"
         )
-    if ckpt["epoch"] >= cfg.epochs and (run_dir / "metrics.json").is_file():
+    if ckpt["epoch"] >= cfg.epochs and rundir.is_finished(run_dir):
         raise VizkitError(f"{run_dir} already finished its {cfg.epochs} epochs; nothing to resume")
     return ckpt
 
@@ -180,31 +186,28 @@ def train_main(
     data = load_dataset(cfg.dataset, cfg.data_dir, cfg.limit_train, cfg.val_size, cfg.seed, cfg.image_size)
     if d.main:
         distributed.barrier(d)
-    if resume_dir:
-        run_dir = resume_dir
-    else:
-        made = str(new_run_dir(cfg.run_dir, display_name(cfg.model))) if d.main else ""
-        run_dir = Path(distributed.broadcast_text(d, made))
-        cfg = dataclasses.replace(cfg, run_dir=str(run_dir))
-        if d.main:
-            atomic_write_text(run_dir / "config.toml", cfgmod.to_toml(cfg))
-    if d.main:
-        what = f"resuming {run_dir} at epoch {resume['epoch'] + 1}" if resume else f"run: {run_dir}"
-        procs = f" x {d.world} processes" if d.enabled else ""
-        print(
-            f"training {display_name(cfg.model)} on {cfg.dataset} ({len(data.train)} images) on {device}{procs}; {what}"
-        )
-    stop = StopFlag()
+    run_dir, stop = resume_dir, StopFlag()
     try:
+        run_dir, cfg = open_run_dir(cfg, d, resume_dir, resume)
+        if d.main:
+            what = f"resuming {run_dir} at epoch {resume['epoch'] + 1}" if resume else f"run: {run_dir}"
+            procs = f" x {d.world} processes" if d.enabled else ""
+            print(f"training {display_name(cfg.model)} on {cfg.dataset} ({len(data.train)} images) on {device}"
+                  f"{procs}; {what}")  # fmt: skip
         with stop.installed():
             metrics = fit(cfg, data, run_dir, device, d=d, stop=stop, resume=resume)
     except Interrupted as exc:
         if d.main:
-            last = read_checkpoint(run_dir / "last.pth")["epoch"] if (run_dir / "last.pth").is_file() else 0
-            kept = f"epoch {last} is saved in {run_dir / 'last.pth'}" if last else "no epoch had finished"
-            print(f"vizkit.train: interrupted ({exc}); {kept}. Resume with: python -m vizkit.train --resume {run_dir}",
-                  file=sys.stderr)  # fmt: skip
+            print(f"vizkit.train: interrupted ({exc}); {kept(run_dir, discard=True)}", file=sys.stderr)
         return 128 + exc.signum
+    except OSError as exc:  # a full disk, a failing one: the run stays as it was at its last good epoch
+        if not d.main or exc.errno not in DISK_ERRORS:
+            raise
+        after = f"; training stopped and {kept(run_dir)}" if run_dir else ""
+        raise VizkitError(disk_failure(exc, run_dir) + after) from None
+    finally:
+        if run_dir is not None:
+            rundir.release(run_dir)
     if metrics is not None:
         print(
             f"test accuracy {100 * metrics['test_accuracy']:.2f}% (loss {metrics['test_loss']:.4f}) "
@@ -212,6 +215,46 @@ def train_main(
             f"run directory: {run_dir}"
         )
     return 0
+
+
+def open_run_dir(
+    cfg: TrainConfig, d: Dist, resume_dir: Path | None, resume: dict[str, Any] | None
+) -> tuple[Path, TrainConfig]:
+    """The run directory, locked (rank 0): a new one with config.toml, or the one resumed, taken back to its
+    last finished epoch (rundir.reopen)."""
+    if resume_dir:
+        if d.main:
+            state = resume["resume"] if resume else {"logs": {}}  # no epoch finished: everything starts again
+            rundir.reopen(resume_dir, state.get("logs"))
+        return resume_dir, cfg
+    made = str(rundir.create(cfg.run_dir, display_name(cfg.model))) if d.main else ""
+    run_dir = Path(distributed.broadcast_text(d, made))
+    cfg = dataclasses.replace(cfg, run_dir=str(run_dir))
+    if d.main:
+        rundir.write_config(run_dir, cfgmod.to_toml(cfg))
+    return run_dir, cfg
+
+
+def kept(run_dir: Path, discard: bool = False) -> str:
+    """What a stopped run keeps, and how to go on; with `discard`, a run that finished no epoch is removed."""
+    last = run_dir / rundir.LAST
+    if last.is_file():
+        epoch = read_checkpoint(last)["epoch"]
+        return f"epoch {epoch} is saved in {last}. Resume with: python -m vizkit.train --resume {run_dir}"
+    if discard:
+        rundir.discard(run_dir)
+        return f"no epoch had finished, so nothing can be resumed; {run_dir} was removed"
+    return f"no epoch had finished. Resume with: python -m vizkit.train --resume {run_dir}"
+
+
+def disk_failure(exc: OSError, run_dir: Path | None) -> str:
+    """`the disk holding runs/x (mounted at /mnt/small) is full (No space left on device)`: one line."""
+    where = Path(exc.filename) if exc.filename else (run_dir or Path.cwd())
+    mount = Path(os.path.abspath(where))
+    while not os.path.ismount(mount) and mount != mount.parent:
+        mount = mount.parent
+    what = "is full" if exc.errno in (errno.ENOSPC, errno.EDQUOT) else "failed a write"
+    return f"the disk holding {run_dir or where} (mounted at {mount}) {what} ({exc.strerror or first_line(exc)})"
 
 
 if __name__ == "__main__":

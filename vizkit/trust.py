@@ -25,6 +25,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from vizkit import rundir
 from vizkit.errors import VizkitError
 
 KEY_FILE = "trust.key"
@@ -150,7 +151,7 @@ def build_parser() -> argparse.ArgumentParser:
 def checkpoints(target: Path) -> list[Path]:
     if target.is_file():
         return [target]
-    found = [target / n for n in ("best.pth", "last.pth") if (target / n).is_file()]
+    found = [target / n for n in rundir.CHECKPOINTS if (target / n).is_file()]
     if not found:
         raise VizkitError(f"{target} is not a run directory with best.pth or last.pth, nor a .pth file")
     return found

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 import threading
 from pathlib import Path
 from typing import Any
@@ -19,34 +18,14 @@ from typing import Any
 from tensorboard.plugins import base_plugin
 from werkzeug import Request, Response
 
+from vizkit import rundir
+from vizkit.rundir import find_runs
+
 log = logging.getLogger(__name__)
 
 PLUGIN_NAME = "vizkit"
-CHECKPOINTS = ("best.pth", "last.pth")  # the inspection commands' order: the best epoch first
-SPLITS = ("train", "val")  # a run's sub-runs for its curves (logger.py): part of the run, not runs of their own
 STATIC = Path(__file__).parent / "static"
 MAX_BODY = 25 * 1024 * 1024  # a phone photo, base64-encoded, with room to spare
-
-
-def find_runs(logdir: Path) -> dict[str, Path]:
-    """Every run under `logdir` (a folder with an event file or a checkpoint), by its name as TensorBoard
-    shows it, except the train/ and val/ sub-runs of a run. A run that is a symbolic link is listed by the
-    link's name, as TensorBoard lists it; a link back to a folder already walked is not walked again."""
-    runs: dict[str, Path] = {}
-    seen: set[str] = set()
-    for folder, dirs, files in os.walk(logdir, followlinks=True):
-        real = os.path.realpath(folder)
-        if real in seen:  # a cycle (a link to an ancestor), or a second way to the same folder
-            dirs.clear()
-            continue
-        seen.add(real)
-        dirs.sort()
-        here = Path(folder)
-        if any(f.startswith("events.out.tfevents.") for f in files) or any(c in files for c in CHECKPOINTS):
-            if here != logdir and here.name in SPLITS and str(here.parent.relative_to(logdir)) in runs:
-                continue
-            runs[str(here.relative_to(logdir))] = here
-    return runs
 
 
 HEADERS = {"Cache-Control": "no-store", "X-Content-Type-Options": "nosniff"}  # TensorBoard's own rule for plugins
@@ -68,7 +47,7 @@ class VizkitPlugin(base_plugin.TBPlugin):
         """Shown when the log directory holds a run with a checkpoint (a folder walk, no torch)."""
         if self.logdir is None or not self.logdir.is_dir():
             return False
-        return any(any((path / c).is_file() for c in CHECKPOINTS) for path in find_runs(self.logdir).values())
+        return any(rundir.checkpoint_in(path) is not None for path in find_runs(self.logdir).values())
 
     def frontend_metadata(self) -> base_plugin.FrontendMetadata:
         return base_plugin.FrontendMetadata(es_module_path="/index.js", tab_name="vizkit")
@@ -83,9 +62,7 @@ class VizkitPlugin(base_plugin.TBPlugin):
     @Request.application
     def _runs(self, request: Request) -> Response:
         runs = find_runs(self.logdir) if self.logdir and self.logdir.is_dir() else {}
-        listed = [
-            {"run": name, "checkpoint": any((path / c).is_file() for c in CHECKPOINTS)} for name, path in runs.items()
-        ]
+        listed = [{"run": name, "checkpoint": rundir.checkpoint_in(path) is not None} for name, path in runs.items()]
         return _json({"logdir": str(self.logdir or ""), "runs": listed})
 
     def _run_dir(self, run: str) -> Path | None:
@@ -100,7 +77,7 @@ class VizkitPlugin(base_plugin.TBPlugin):
         folder = self._run_dir(run)
         if folder is None:
             return f"no run named '{run}' under {self.logdir}"
-        checkpoint = next((folder / c for c in CHECKPOINTS if (folder / c).is_file()), None)
+        checkpoint = rundir.checkpoint_in(folder)
         if checkpoint is None:
             return f"{run} has no best.pth or last.pth yet: it shows here after its first epoch"
         mtime = checkpoint.stat().st_mtime

@@ -1,8 +1,12 @@
+import errno
+
+import pytest
 import torch
 
 from vizkit.analysis import histogram, parameter_histograms
-from vizkit.logger import RunLogger, image_epochs
 from vizkit.plots import feature_grid
+from vizkit.run import image_epochs
+from vizkit.writer import NullWriter, Writer
 
 
 def test_image_epochs_fit_tensorboards_default_of_ten():
@@ -19,17 +23,56 @@ def test_feature_grid_has_a_tile_per_channel():
 
 
 def test_hparams_stay_in_the_runs_own_folder(tmp_path):
-    with RunLogger(tmp_path, "scalars") as logger:
-        logger.hparams({"lr": 0.1, "mean": [0.5]}, {"test_accuracy": 0.9})
-    logger.close()  # a second close is harmless
+    writer = Writer(tmp_path)
+    writer.hparams({"lr": 0.1, "mean": "[0.5]"}, {"test_accuracy": 0.9}, {"lr": 0.0, "mean": ""})
+    writer.close()
+    writer.close()  # a second close is harmless
     assert [p for p in tmp_path.iterdir() if p.is_dir()] == []
     assert len(list(tmp_path.glob("events.out.tfevents.*"))) == 1
 
 
-def test_off_writes_nothing(tmp_path):
-    with RunLogger(tmp_path, "off") as logger:
-        logger.scalars({"loss/train": 1.0}, 1)
+def test_null_writer_writes_nothing(tmp_path):
+    writer = NullWriter()
+    writer.epoch({"train_loss": 1.0, "lr": 0.1}, 1)
+    writer.flush()
+    writer.close()
     assert list(tmp_path.iterdir()) == []
+
+
+def test_flush_puts_every_event_on_disk_and_the_file_grows_only(tmp_path):
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    writer = Writer(tmp_path)
+    writer.epoch({"train_loss": 0.5, "val_loss": 0.25, "lr": 0.125}, 3)  # float32-exact values
+    writer.flush()  # no thread, no two-minute buffer: on disk now, before the writer closes
+    sizes = {p: p.stat().st_size for p in tmp_path.rglob("events.out.tfevents.*")}
+    read = {}
+    for sub in ("", "train", "val"):
+        ea = EventAccumulator(str(tmp_path / sub))
+        ea.Reload()
+        read[sub] = {t: [(e.step, e.value) for e in ea.Scalars(t)] for t in ea.Tags()["scalars"]}
+    assert read == {"": {"lr": [(3, 0.125)]}, "train": {"Loss": [(3, 0.5)]}, "val": {"Loss": [(3, 0.25)]}}
+    writer.close()
+    assert all(p.stat().st_size == size for p, size in sizes.items())  # closing added nothing unflushed
+
+
+def test_a_failed_write_raises_where_it_happened_and_close_does_not_hang(tmp_path):
+    import os
+
+    if not os.path.exists("/dev/full"):
+        pytest.skip("needs /dev/full (Linux)")
+    writer = Writer(tmp_path)
+    (event_file,) = tmp_path.glob("events.out.tfevents.*")
+    os.unlink(event_file)
+    os.symlink("/dev/full", event_file)  # every write to it: ENOSPC, as on a full disk
+    writer.main.file_writer.event_writer._events._py_recordio_writer._writer = open(event_file, "wb")
+    with pytest.raises(OSError) as failed:
+        writer.scalars({"lr": 0.1}, 1)
+        writer.flush()
+    assert failed.value.errno == errno.ENOSPC
+    with pytest.raises(OSError):  # later writes refuse at once instead of queueing for a dead thread
+        writer.scalars({"lr": 0.2}, 2)
+    writer.close()  # the failure was reported already: closing neither hangs nor raises it again
 
 
 def test_histogram_of_known_values():
@@ -52,8 +95,9 @@ def test_parameter_histograms_read_back_with_tensorboard(tmp_path):
     model(torch.ones(1, 2)).sum().backward()  # grads: weight [1, 1], bias [1]
     hists = parameter_histograms(model)
     assert set(hists) == {"weights/weight", "weights/bias", "grads/weight", "grads/bias"}
-    with RunLogger(tmp_path, "full") as logger:
-        logger.histograms(hists, 4)
+    writer = Writer(tmp_path)
+    writer.histograms(hists, 4)
+    writer.close()
     ea = EventAccumulator(str(tmp_path), size_guidance={"histograms": 0})
     ea.Reload()
     (event,) = ea.Histograms("weights/weight")
