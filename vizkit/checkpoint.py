@@ -339,6 +339,36 @@ def unchanged_code(ckpt: dict[str, Any], path: Path) -> None:
             )
 
 
+def bare_description(model: str, dataset: str) -> dict[str, Any]:
+    """What a bare state dict does not say, taken from --model and the dataset (MNIST unless --dataset)."""
+    info = get_spec(dataset)
+    return {
+        "model": model,
+        "model_args": {},
+        "config": {},
+        "classes": list(info.classes),
+        "mean": list(info.mean),
+        "std": list(info.std),
+        "input_shape": [info.channels, info.size, info.size],
+        "dataset": info.name,
+        "norm_source": f"{info.name}'s, the default for a bare state dict",
+    }
+
+
+def given_normalisation(
+    ckpt: dict[str, Any], mean: Sequence[float] | None, std: Sequence[float] | None
+) -> dict[str, Any]:
+    """--mean/--std over what the checkpoint says: one value for every channel, or one per channel."""
+    channels = ckpt["input_shape"][0]
+    mean, std = list(mean or ckpt["mean"]), list(std or ckpt["std"])
+    mean, std = (v * channels if len(v) == 1 else v for v in (mean, std))  # one value: every channel
+    finite = all(math.isfinite(v) for v in mean + std)
+    if len(mean) != channels or len(std) != channels or not finite or any(s <= 0 for s in std):
+        counts = "1 value" if channels == 1 else f"1 or {channels} values"
+        raise VizkitError(f"--mean and --std need {counts} each (one per channel), std > 0")
+    return {"mean": mean, "std": std, "norm_source": "from --mean/--std"}
+
+
 def open_checkpoint(
     path: str | Path,
     model: str | None = None,
@@ -370,32 +400,13 @@ def open_checkpoint(
                 f"{path} is a bare state dict: it holds weights but not which code they belong to; "
                 "name it with --model PATH.py:NAME (your model's file and class)"
             )
-        info = get_spec(dataset or "mnist")
-        spec = model
-        ckpt = {
-            "model": model,
-            "model_args": {},
-            "config": {},
-            "classes": list(info.classes),
-            "mean": list(info.mean),
-            "std": list(info.std),
-            "input_shape": [info.channels, info.size, info.size],
-            "dataset": info.name,
-            "norm_source": f"{info.name}'s, the default for a bare state dict",
-        }
+        spec, ckpt = model, bare_description(model, dataset or "mnist")
     if model_args:
         if not model:
             raise VizkitError("model arguments go with --model: name the code they are for")
         ckpt["model_args"] = {**(ckpt.get("model_args") or {}), **model_args}
     if mean is not None or std is not None:
-        channels = ckpt["input_shape"][0]
-        mean, std = list(mean or ckpt["mean"]), list(std or ckpt["std"])
-        mean, std = (v * channels if len(v) == 1 else v for v in (mean, std))  # one value: every channel
-        finite = all(math.isfinite(v) for v in mean + std)
-        if len(mean) != channels or len(std) != channels or not finite or any(s <= 0 for s in std):
-            counts = "1 value" if channels == 1 else f"1 or {channels} values"
-            raise VizkitError(f"--mean and --std need {counts} each (one per channel), std > 0")
-        ckpt.update(mean=mean, std=std, norm_source="from --mean/--std")
+        ckpt.update(given_normalisation(ckpt, mean, std))
     channels, height, width = ckpt["input_shape"]
     size = height if height == width else (height, width)  # a Run on non-square pictures
     # code the checkpoint named (not the person) must be an nn.Module class or a function of that very file

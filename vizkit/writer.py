@@ -17,7 +17,7 @@ from __future__ import annotations
 import os
 import time
 import warnings
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -107,14 +107,19 @@ class _SummaryWriter(SummaryWriter):
     def close(self) -> None:
         if self.all_writers is not None:
             writers, self.all_writers, self.file_writer = self.all_writers, None, None
-            failure = None
-            for writer in writers.values():
-                try:
-                    writer.close()
-                except OSError as exc:
-                    failure = failure or exc
-            if failure is not None:
-                raise failure
+            _close_all(writers.values())
+
+
+def _close_all(writers: Iterable[Any]) -> None:
+    """Close every one, even when one fails; the first failure is raised after."""
+    failure = None
+    for writer in writers:
+        try:
+            writer.close()
+        except OSError as exc:
+            failure = failure or exc
+    if failure is not None:
+        raise failure
 
 
 class _Tags:
@@ -270,14 +275,7 @@ class Writer(_Tags):
     def close(self) -> None:
         """Safe twice, and after a failed write (which was raised where it happened)."""
         writers, self.splits = [self.main, *self.splits.values()], {}
-        failure = None
-        for writer in writers:
-            try:
-                writer.close()
-            except OSError as exc:
-                failure = failure or exc
-        if failure is not None:
-            raise failure
+        _close_all(writers)
 
 
 class NullWriter(_Tags):
