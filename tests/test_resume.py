@@ -86,6 +86,17 @@ def test_signal_then_resume_equals_an_uninterrupted_run(uninterrupted, data_dir,
     assert steps == sorted(set(steps))  # the interrupted epoch's points were dropped, not doubled
 
 
+def test_ctrl_c_in_the_first_epoch_says_nothing_can_be_resumed_and_leaves_no_half_run(data_dir, tmp_path):
+    run = tmp_path / "run"
+    proc = start(train_args(data_dir, run))
+    wait_for_line(proc, "total")  # the model's summary: the run directory is made and epoch 1 begins
+    proc.send_signal(signal.SIGINT)
+    assert proc.wait(timeout=60) == 130
+    err = proc.stderr.read()
+    assert f"no epoch had finished, so nothing can be resumed; {run} was removed" in err and "Traceback" not in err
+    assert not run.exists()
+
+
 def test_ctrl_c_during_the_final_test_pass_and_export_exits_130_and_resumes(uninterrupted, data_dir, tmp_path):
     run = tmp_path / "run"
     proc = start(train_args(data_dir, run))

@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from vizkit import features, train, trust
+from vizkit import features, signing, train, trust
 from vizkit.checkpoint import model_fields, read_checkpoint, save_checkpoint
 from vizkit.config import dict_to_toml
 from vizkit.errors import VizkitError
@@ -160,7 +160,7 @@ def test_crafted_runs_run_no_code_in_the_cli_resume_and_tab(person, monkeypatch,
 def test_the_person_s_own_run_opens_and_a_copy_from_elsewhere_needs_trust(person, monkeypatch, capsys):
     own = write_run(person / "runs" / "mine", f"{person}/code/own.py:Net")
     assert features.main(["--run", str(own), "--list-layers"]) == 0  # no flag: signed when it was made
-    key = trust.home() / trust.KEY_FILE
+    key = signing.home() / signing.KEY_FILE
     assert stat.S_IMODE(key.stat().st_mode) == 0o600 and len(bytes.fromhex(key.read_text().strip())) == 32
     # the same run, as another person's machine signed it: their file, but not their signature
     shared = as_someone_else(person / "other-home", write_run, person / "runs" / "shared", f"{person}/code/own.py:Net")
@@ -177,7 +177,7 @@ def test_the_person_s_own_run_opens_and_a_copy_from_elsewhere_needs_trust(person
     # told yes: both checkpoints signed with this person's key, and the run opens (and resumes past the trust)
     monkeypatch.setattr("sys.stdin", Terminal("y\n"))
     assert trust.main([str(shared)]) == 0
-    assert all(trust.signed(read_checkpoint(shared / n)) for n in ("best.pth", "last.pth"))
+    assert all(signing.signed(read_checkpoint(shared / n)) for n in ("best.pth", "last.pth"))
     assert features.main(["--run", str(shared), "--list-layers"]) == 0
     # a script says --yes; with no terminal and no --yes, one line
     monkeypatch.setattr("sys.stdin", io.StringIO(""))
@@ -226,7 +226,7 @@ def test_a_signature_holds_for_its_own_record_only(person, capsys):
     for change in ({"classes": [str(i) for i in range(11)]}, {"input_shape": [1, 56, 56]},
                    {"model_args": {"width": (1, 2)}}):  # fmt: skip
         torch.save({**ckpt, **change}, run / "best.pth")
-        assert not trust.signed({**ckpt, **change}), change
+        assert not signing.signed({**ckpt, **change}), change
     torch.save({**ckpt, "signature": "hmac-sha256:\u00e9"}, run / "best.pth")
     assert features.main(["--run", str(run), "--list-layers"]) == 2
     assert "signature field is malformed" in capsys.readouterr().err
@@ -234,15 +234,15 @@ def test_a_signature_holds_for_its_own_record_only(person, capsys):
 
 def test_a_key_anyone_could_have_written_is_no_key(person, capsys):
     write_run(person / "runs" / "mine", f"{person}/code/own.py:Net")  # makes the key
-    key = trust.home() / trust.KEY_FILE
+    key = signing.home() / signing.KEY_FILE
     key.chmod(0o644)
     with pytest.raises(VizkitError, match="may be read or written by others"):
-        trust.key()
+        signing.key()
     key.write_text("")
     key.chmod(0o600)
     with pytest.raises(VizkitError, match="is not a vizkit key"):
-        trust.key()
+        signing.key()
     key.unlink()
     key.symlink_to(person / "code" / "own.py")
     with pytest.raises(VizkitError, match="cannot read or make the signing key"):
-        trust.key()
+        signing.key()

@@ -18,7 +18,7 @@ A bare state dict from a hand-written loop (`torch.save(model.state_dict(), 'cnn
 normalisation unless --mean/--std say otherwise.
 
 Trust: a user model's code is imported only when the person named it (--model), or when the checkpoint's
-code record (model, model_args, model_source) carries their own signature (trust.py: made when they trained
+code record (model, model_args, model_source) carries their own signature (signing.py: made when they trained
 it, or by python -m vizkit.trust after reading the code) and the recorded file is still at its path with the
 recorded sha256. A run directory shared with someone else therefore runs no code they did not choose, the
 promise weights_only makes for pickles.
@@ -43,7 +43,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from vizkit import rundir, trust
+from vizkit import rundir, signing
 from vizkit.data import get_spec
 from vizkit.errors import VizkitError, first_line
 from vizkit.files import atomic_write
@@ -72,7 +72,7 @@ def model_fields(spec: str, model_args: dict[str, Any] | None = None) -> dict[st
 
 def resign(path: Path, ckpt: dict[str, Any]) -> None:
     """Sign a checkpoint's code record with this person's key (python -m vizkit.trust), rewritten atomically."""
-    signed = {**ckpt, "signature": trust.sign(ckpt)}
+    signed = {**ckpt, "signature": signing.sign(ckpt)}
     try:
         atomic_write(path, lambda tmp: torch.save(signed, tmp))
     except OSError as exc:
@@ -85,8 +85,8 @@ def save_checkpoint(path: str | Path, model: nn.Module, /, **fields: Any) -> Pat
     """Save the state dict with what is needed to rebuild and feed the model (see CHECKPOINT_KEYS)."""
     state = {k: v.detach().cpu() for k, v in model.state_dict().items()}
     payload = {"state_dict": state, **fields}
-    if fields.get("model_source") is not None:  # what this person trains, they trust (trust.py)
-        payload["signature"] = trust.sign(payload)
+    if fields.get("model_source") is not None:  # what this person trains, they trust (signing.py)
+        payload["signature"] = signing.sign(payload)
     missing = [k for k in CHECKPOINT_KEYS if k not in payload]
     if missing:
         raise ValueError(f"checkpoint fields missing: {missing}")
@@ -275,7 +275,7 @@ def trusted_spec(ckpt: dict[str, Any], path: Path, shared: Path | None = None) -
         return spec
     how = _how(ckpt, path)
     recorded = recorded_code(ckpt, path, shared)
-    if not trust.signed(ckpt):  # not trained here by this person, or edited since: anyone could have written it
+    if not signing.signed(ckpt):  # not trained here by this person, or edited since: anyone could have written it
         raise VizkitError(
             f"{path} is not signed with your key (a run from someone else, or edited), so {recorded[0]} is not "
             f"imported; read that file, then: python -m vizkit.trust {path.parent}, or {how}"

@@ -354,7 +354,7 @@ def fit(
         # in one pass over the whole test set that also gives everything the analysis needs.
         loop.run.checkpoints.load_best(loop.model)
         loop.run.evaluate(batches(test, cfg.eval_batch_size, *norm, memory_format=layout))
-        loop.run.note(processes=d.world)
+        loop.run.notes["processes"] = d.world  # for metrics.json
         # A signal during the test pass or the export: exit 130 before metrics.json marks the run finished;
         # every file written so far is whole, and --resume runs this final part again.
         return loop.run.finish(before_marking=loop.stop.raise_if_set)

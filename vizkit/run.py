@@ -76,44 +76,60 @@ def save_png(fig: Figure, path: Path) -> None:
     atomic_write(path, lambda tmp: fig.savefig(tmp, format="png"))  # a full disk raises, for the caller to say
 
 
-def record(
-    model: nn.Module,
-    sample: torch.Tensor,
-    spec: str,
-    config: dict[str, Any],
-    mean: Sequence[float],
-    std: Sequence[float],
-    classes: Sequence[str] | None,
-    dataset: str | None,
-    data_dir: str | Path | None,
-    model_args: dict[str, Any] | None,
-) -> tuple[list[float], list[float], str | None, list[str], dict[str, Any]]:
-    """What a run's checkpoints record beside the weights (the code, classes, normalisation and data), and the
-    normalisation, dataset and classes on their own."""
-    channels = sample.shape[1]
-    mean = [float(v) for v in mean] or [0.0] * channels
-    std = [float(v) for v in std] or [1.0] * channels
-    if len(mean) != channels or len(std) != channels:
-        raise VizkitError(f"mean and std need {channels} value(s) each, one per input channel")
-    with torch.no_grad(), modes_kept(model):
-        outputs = first_tensor(model(sample[:2]), model).shape[-1]
-    # where the data came from, for the record; a loop's own data is taken for a known dataset of its shape
-    known = dataset or guess_dataset(list(sample.shape[1:]), outputs)
-    names = list(classes or (DATASETS[known].classes if known in DATASETS else [str(i) for i in range(outputs)]))
-    fields = {
-        **model_fields(spec, model_args),
-        "config": config,
-        "classes": names,
-        "mean": mean,
-        "std": std,
-        "input_shape": list(sample.shape[1:]),
-        "dataset": known,
-        "data_source": dataset or "your own training loop",
-        "data_dir": str(Path(data_dir).resolve()) if data_dir else None,
-    }
-    if dataset is None:  # its test set may not be found later (or be another): the inspection commands use these
-        fields["examples"] = to_pixels(sample[:EXAMPLES], mean, std)
-    return mean, std, known, names, fields
+@dataclasses.dataclass
+class Record:
+    """What a run's checkpoints record beside the weights (`fields`: the code, classes, normalisation, data),
+    and the normalisation, dataset and classes on their own."""
+
+    mean: list[float]
+    std: list[float]
+    dataset: str | None
+    classes: list[str]
+    fields: dict[str, Any]
+    classes_given: bool
+
+    @classmethod
+    def of(
+        cls, model: nn.Module, sample: torch.Tensor, spec: str, config: dict[str, Any], mean: Sequence[float],
+        std: Sequence[float], classes: Sequence[str] | None, dataset: str | None, data_dir: str | Path | None,
+        model_args: dict[str, Any] | None,
+    ) -> Record:  # fmt: skip
+        channels = sample.shape[1]
+        mean = [float(v) for v in mean] or [0.0] * channels
+        std = [float(v) for v in std] or [1.0] * channels
+        if len(mean) != channels or len(std) != channels:
+            raise VizkitError(f"mean and std need {channels} value(s) each, one per input channel")
+        with torch.no_grad(), modes_kept(model):
+            outputs = first_tensor(model(sample[:2]), model).shape[-1]
+        # where the data came from, for the record; a loop's own data is taken for a known dataset of its shape
+        known = dataset or guess_dataset(list(sample.shape[1:]), outputs)
+        names = list(classes or (DATASETS[known].classes if known in DATASETS else [str(i) for i in range(outputs)]))
+        fields = {
+            **model_fields(spec, model_args),
+            "config": config,
+            "classes": names,
+            "mean": mean,
+            "std": std,
+            "input_shape": list(sample.shape[1:]),
+            "dataset": known,
+            "data_source": dataset or "your own training loop",
+            "data_dir": str(Path(data_dir).resolve()) if data_dir else None,
+        }
+        if dataset is None:  # its test set may not be found later (or be another): the inspection commands use these
+            fields["examples"] = to_pixels(sample[:EXAMPLES], mean, std)
+        return cls(mean, std, known, names, fields, classes is not None)
+
+    def note_loader(self, loader: object) -> None:
+        """Where a loader's torchvision dataset keeps its files and which dataset it is: recorded (before the
+        first checkpoint, when epoch() is given the loader), so the inspection commands find its test set."""
+        root, name = loader_source(loader)
+        if self.fields["data_dir"] is not None or root is None:
+            return
+        self.fields["data_dir"] = str(root)
+        if name is not None and DATASETS[name].channels == self.fields["input_shape"][0]:
+            self.dataset = self.fields["dataset"] = name
+            if not self.classes_given:
+                self.classes = self.fields["classes"] = list(DATASETS[name].classes)
 
 
 def hparams_of(config: dict[str, Any], spec: str, mean: list[float], std: list[float]) -> dict[str, Any]:
@@ -240,12 +256,8 @@ class Run:
     `model` is the model being trained (a DataParallel/DDP wrapper is unwrapped). `sample` is a batch of
     inputs as the model takes them (normalised): its first images' feature maps are logged each epoch, and it
     traces the graph. `mean`/`std` are the normalisation the inputs went through (default: none, pixels in
-    [0, 1]); they go into the checkpoint and into model.onnx, which takes pixels.
-
-    Use it as a context manager: on a normal exit it writes model.onnx, curves.png and, last, metrics.json;
-    on an exception it only closes the event logs, so a half-finished run is never marked finished, and a run
-    that finished no epoch is removed.
-    """
+    [0, 1]); they go into the checkpoint and into model.onnx, which takes pixels. Use it as a context manager
+    (see __exit__)."""
 
     def __init__(
         self, model: nn.Module, sample: torch.Tensor, mean: Sequence[float] = (), std: Sequence[float] = (), *,
@@ -273,15 +285,12 @@ class Run:
         self.input_shape = list(sample.shape[1:])
         self.spec = absolute_spec(model_spec) if model_spec is not None else spec_of(model)
         self.config = dict(config or {})
-        self.mean, self.std, self.dataset, self.classes, self.fields = record(
+        self.rec = Record.of(
             model, self.sample, self.spec, self.config, mean, std, classes, dataset, data_dir, model_args
         )
-        self._classes_given = classes is not None
         self.graph = forward_graph(model, self.input_shape)
-        # feature maps: every conv step and residual addition (what the next layer receives)
-        self.convs, self.relus = self.graph.maps("conv", "add"), self.graph.relus()
-        linears = self.graph.names("linear")  # the projector shows what the last Linear takes
-        self.projector_layer = linears[-1] if linears else None
+        self.convs = self.graph.maps("conv", "add")  # feature maps: what each conv step and residual addition gives
+        self.relus, self.projector_layer = self.graph.relus(), (self.graph.names("linear") or [None])[-1]
         self.existing = existing or resume is not None
         name = display_name(self.spec) if self.spec else type(model).__name__
         self.dir = rundir.hold(Path(run_dir)) if self.existing else rundir.create(run_dir, name)
@@ -290,29 +299,23 @@ class Run:
         state = resume or {}
         self.history: list[dict[str, Any]] = list(state.get("history", []))
         self.checkpoints = Checkpoints(self.dir, state.get("best_epoch", 0), state.get("best_val_accuracy", -math.inf))
-        self.test: dict[str, Any] = {}
-        self.notes: dict[str, Any] = {}
+        self.test, self.notes = {}, {}  # the final evaluation's numbers; extra entries for metrics.json
         self.losses = StepLosses(log_every)
         self.summary = format_summary(model_summary(model, self.input_shape))
-        self.traced = True
+        self.traced, self.finished = True, None
         self._mark = time.perf_counter()  # an epoch's seconds, when the loop gives none: since the last epoch()
-        self.finished: dict[str, Any] | None = None
         if resume is None:
             self._start()
 
     def _start(self) -> None:
         say_what_is_missing(display_name(self.spec) or type(self.model).__name__, self.graph)
-        if self.fields["model_source"]:  # a copy of the user's code, for the record (never imported from here)
-            rundir.copy_source(self.dir, Path(self.fields["model_source"]["path"]))
-        shown = {**self.config, "mean": self.mean, "std": self.std}  # the normalisation used, not `[]`
+        if self.rec.fields["model_source"]:  # a copy of the user's code, for the record (never imported from here)
+            rundir.copy_source(self.dir, Path(self.rec.fields["model_source"]["path"]))
+        shown = {**self.config, "mean": self.rec.mean, "std": self.rec.std}  # the normalisation used, not `[]`
         self.writer.text("model/summary", "```\n" + self.summary + "\n```")
         self.writer.text("config", "```\n" + dict_to_toml(shown) + "```")
         if self.full:
-            self.traced = self.writer.graph(self.model, self.sample[:FEATURE_IMAGES])
-            if not self.traced:
-                log.info("add_graph could not trace the model; the ONNX graph is logged instead")
-
-    # --- the loop's calls ------------------------------------------------------------------------------
+            self.traced = self.writer.graph(self.model, self.sample[:FEATURE_IMAGES])  # else the ONNX graph
 
     def __enter__(self) -> Run:
         return self
@@ -365,7 +368,7 @@ class Run:
             row["wall_seconds"] = time.perf_counter() - started
         self.history.append(row)
         self.writer.flush()  # everything logged for this epoch is on disk before a checkpoint names it
-        self.checkpoints.save(self.model, {**self.fields, "epoch": epoch}, self.history, resume)
+        self.checkpoints.save(self.model, {**self.rec.fields, "epoch": epoch}, self.history, resume)
         self._mark = time.perf_counter()
         return row
 
@@ -373,7 +376,7 @@ class Run:
         # numbers may come as 0-d tensors (loss.item() forgotten): plain floats from here on
         row = {k: float(v) for k, v in numbers.items() if v is not None}
         row.setdefault("seconds", time.perf_counter() - self._mark)  # the loop's own time for this epoch
-        self._note_data_dir(val_loader)
+        self.rec.note_loader(val_loader)
         if val_loader is not None and ("val_loss" not in row or "val_accuracy" not in row):
             pred = analysis.predict(self.model, val_loader, self.input_shape)
             row.setdefault("val_loss", pred.loss)
@@ -398,46 +401,30 @@ class Run:
         """The final evaluation of the model as it is, on (x, y) test batches: loss, accuracy, confusion matrix,
         per-class accuracy and top losses (PNG and TensorBoard), PR curves and the projector (the input of the
         last Linear for the first `embed` images). Returns those numbers; metrics.json gets them on exit."""
-        self._note_data_dir(loader)
-        result = analysis.evaluate(self.model, loader, self.input_shape, len(self.classes), self.projector_layer)
+        self.rec.note_loader(loader)
+        result = analysis.evaluate(self.model, loader, self.input_shape, len(self.rec.classes), self.projector_layer)
         pred = result.predictions
-        pixels = to_pixels(pred.inputs, self.mean, self.std)  # what the images were before normalisation
-        figures = evaluation_figures(result, pixels, self.classes)
+        pixels = to_pixels(pred.inputs, self.rec.mean, self.rec.std)  # what the images were before normalisation
+        figures = evaluation_figures(result, pixels, self.rec.classes)
         for name, fig in figures.items():  # files for the report, images for TensorBoard
             save_png(fig, rundir.figure_file(self.dir, name))
         n = min(embed, len(pred.labels))  # the projector: the last Linear's inputs and the images, as a sprite
         embedding = (pred.features[:n], square(pixels[:n].float() / 255)) if pred.features is not None else None
         step = self.history[-1]["epoch"] if self.history else 0
-        self.writer.evaluation(result, self.classes, figures if self.full else {}, step, embedding)
+        self.writer.evaluation(result, self.rec.classes, figures if self.full else {}, step, embedding)
         self.test = result.numbers()
         return dict(self.test)
-
-    def _note_data_dir(self, loader: object) -> None:
-        """Where a torchvision dataset's files are and which dataset it is: recorded (before the first
-        checkpoint, when epoch() is given the loader)."""
-        root, name = loader_source(loader)
-        if self.fields["data_dir"] is not None or root is None:
-            return
-        self.fields["data_dir"] = str(root)
-        if name is not None and DATASETS[name].channels == self.input_shape[0]:
-            self.dataset = self.fields["dataset"] = name
-            if not self._classes_given:
-                self.classes = self.fields["classes"] = list(DATASETS[name].classes)
-
-    def note(self, **values: Any) -> None:
-        """Extra entries for metrics.json (the runner records its number of processes)."""
-        self.notes.update(values)
 
     def finish(self, before_marking: Callable[[], None] | None = None) -> dict[str, Any]:
         """model.onnx (checked against torch), hparams, curves.png and, last, metrics.json: the run is finished.
 
         `before_marking` is called just before metrics.json is written (the runner raises there on Ctrl-C)."""
-        header = {"dataset": self.dataset, "model": self.spec, "model_source": self.fields["model_source"]}
+        header = {"dataset": self.rec.dataset, "model": self.spec, "model_source": self.rec.fields["model_source"]}
         best = {"best_epoch": self.checkpoints.best_epoch, "best_val_accuracy": self.checkpoints.best_score}
         metrics = metrics_record(header, self.test, best, self.notes, self.history, self._export_onnx())
         results = {k: metrics.get(k) for k in RESULTS}
         if any(v is not None for v in results.values()):
-            hparams = hparams_of(self.config, self.spec, self.mean, self.std)
+            hparams = hparams_of(self.config, self.spec, self.rec.mean, self.rec.std)
             self.writer.hparams(hparams, results, hparam_columns(self.config))
         if self.history:
             save_png(curves_figure(self.history), self.dir / rundir.CURVES)
@@ -451,9 +438,9 @@ class Run:
     def _export_onnx(self) -> float | None:
         if not self.history:
             return None
-        pixels = to_pixels(self.stats_sample[:64], self.mean, self.std).float() / 255
+        pixels = to_pixels(self.stats_sample[:64], self.rec.mean, self.rec.std).float() / 255
         path = self.dir / rundir.ONNX
-        diff = export_checked(self.model, self.mean, self.std, pixels, path, self.graph.output_kind)
+        diff = export_checked(self.model, self.rec.mean, self.rec.std, pixels, path, self.graph.output_kind)
         if diff is not None and self.full and not self.traced:
             self.writer.onnx_graph(path)
         return diff
@@ -461,7 +448,7 @@ class Run:
     def samples(self, images: torch.Tensor, labels: torch.Tensor) -> None:
         """A grid of training images (uint8, N x C x H x W) with their labels, as recipe 003 shows them."""
         if self.full:
-            self.writer.figure("samples/train", samples_figure(images.cpu(), labels.cpu(), self.classes), 0)
+            self.writer.figure("samples/train", samples_figure(images.cpu(), labels.cpu(), self.rec.classes), 0)
 
 
 def _shape(activation: torch.Tensor) -> str:

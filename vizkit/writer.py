@@ -14,6 +14,7 @@ waited on its queue for good. Here a full disk raises OSError at the write that 
 
 from __future__ import annotations
 
+import logging
 import os
 import time
 import warnings
@@ -32,8 +33,11 @@ from tensorboardX.writer import FileWriter
 from torch import nn
 
 from vizkit.analysis import Evaluation, Histogram
+from vizkit.errors import first_line
 from vizkit.hooks import modes_kept
 from vizkit.rundir import SPLITS
+
+log = logging.getLogger(__name__)
 
 FLUSH_SECONDS = 30  # a TensorBoard watching a long epoch sees its loss points at least this often
 # HParams shows 5 columns at first, those whose values differ across runs first, then by name: these are
@@ -208,7 +212,8 @@ class Writer(_Tags):
             return True
         except OSError:
             raise
-        except Exception:  # tracing fails on data-dependent control flow, among others
+        except Exception as exc:  # tracing fails on data-dependent control flow, among others
+            log.info("add_graph could not trace the model (%s); the ONNX graph is logged instead", first_line(exc))
             return False
 
     def onnx_graph(self, path: str | Path) -> None:
