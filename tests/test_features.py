@@ -109,9 +109,10 @@ def test_own_photo_and_kernels(known_run, data_dir, tmp_path, saved_figures):
 def test_list_layers(small_run, capsys):
     assert main(["--run", str(small_run), "--list-layers"]) == 0
     lines = capsys.readouterr().out.splitlines()
-    assert lines[0].split() == ["step", "kind", "calls", "output", "from"]
-    assert lines[1].split() == ["conv1", "conv", "Conv2d", "16", "x", "28", "x", "28", "input"]
-    assert lines[2].split() == ["bn1", "norm", "BatchNorm2d", "16", "x", "28", "x", "28", "conv1"]
+    assert lines[0].split() == ["step", "kind", "calls", "output", "params", "FLOPs", "RF", "from"]
+    # conv1: 16 x 1 x 3 x 3 weights, no bias; 2 FLOPs per multiply-add, 9 per output, 16 x 28 x 28 outputs
+    assert lines[1].split() == ["conv1", "conv", "Conv2d", "16", "x", "28", "x", "28", "144", "225,792", "3", "input"]
+    assert lines[2].split() == ["bn1", "norm", "BatchNorm2d", "16", "x", "28", "x", "28", "32", "0", "3", "conv1"]
 
 
 def test_tensorboard_gets_the_figures(small_run, tmp_path):

@@ -331,11 +331,13 @@ def test_the_tab_in_a_real_browser(tensorboard, logdir, data_dir):
         frame.locator(".layer[data-layer=log_softmax]").wait_for(timeout=30_000)
         cards = frame.locator(".layer h3")
         assert cards.count() == 9  # conv1, relu, conv2, relu_1, max_pool2d, fc1, relu_2, fc2, log_softmax
-        assert cards.nth(3).inner_text() == "relu_1 F.relu · 64×24×24 · activation · from conv2"
-        assert cards.nth(4).inner_text() == "max_pool2d F.max_pool2d · 64×12×12 · pool · from relu_1"
+        # with what one unit sees (3 x 3 kernels twice: 5 px; the 2 x 2 pool: 6) and, where there are any, FLOPs
+        assert cards.nth(2).inner_text() == "conv2 Conv2d · 64×24×24 · conv · from relu · sees 5×5 px · 21.2M FLOPs"
+        assert cards.nth(3).inner_text() == "relu_1 F.relu · 64×24×24 · activation · from conv2 · sees 5×5 px"
+        assert cards.nth(4).inner_text() == "max_pool2d F.max_pool2d · 64×12×12 · pool · from relu_1 · sees 6×6 px"
         assert (
             cards.last.inner_text()
-            == "log_softmax F.log_softmax · 10 · log-probabilities, one bar per class · from fc2"
+            == "log_softmax F.log_softmax · 10 · log-probabilities, one bar per class · from fc2 · sees 28×28 px"
         )
         assert "on relu_1" in frame.locator("#cam-layer").inner_text()
 

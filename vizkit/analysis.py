@@ -7,7 +7,6 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 from dataclasses import dataclass
-from math import prod
 from typing import Any
 
 import torch
@@ -223,43 +222,3 @@ def parameter_histograms(model: nn.Module) -> dict[str, Histogram]:
             if h is not None:
                 out[tag] = h
     return out
-
-
-@dataclass
-class LayerRow:
-    name: str
-    kind: str  # what was called: Conv2d, F.relu, +, ...
-    output_shape: tuple[int, ...]
-    params: int
-    mult_adds: int
-
-
-def model_summary(model: nn.Module, input_shape: list[int] | tuple[int, ...]) -> list[LayerRow]:
-    """Each step's output shape, parameter count and multiply-adds for one input (torchinfo's idea, on every
-    step of the forward pass: F.relu and `x + y` are rows too). A module called twice counts its parameters once."""
-    modules = dict(model.named_modules())
-    rows, counted = [], set()
-    for step in forward_graph(model, input_shape).steps:
-        m = modules.get(step.module) if step.module is not None else None
-        params = sum(p.numel() for p in m.parameters(recurse=False)) if m is not None and m not in counted else 0
-        counted.add(m)
-        if isinstance(m, nn.Conv2d):
-            macs = prod(step.shape) * (m.in_channels // m.groups) * m.kernel_size[0] * m.kernel_size[1]
-        elif isinstance(m, nn.Linear):
-            macs = m.in_features * m.out_features
-        else:
-            macs = 0
-        rows.append(LayerRow(step.name, step.op, step.shape, params, macs))
-    return rows
-
-
-def format_summary(rows: list[LayerRow]) -> str:
-    w = max([10] + [len(r.name) for r in rows])  # user models name layers `features.3.conv` and longer
-    k = max([12] + [len(r.kind) for r in rows])
-    lines = [f"{'layer':<{w}} {'type':<{k}} {'output':<14} {'params':>9} {'mult-adds':>11}"]
-    for r in rows:
-        shape = "x".join(map(str, r.output_shape))
-        lines.append(f"{r.name:<{w}} {r.kind:<{k}} {shape:<14} {r.params:>9,} {r.mult_adds:>11,}")
-    total_p, total_m = sum(r.params for r in rows), sum(r.mult_adds for r in rows)
-    lines.append(f"{'total':<{w}} {'':<{k}} {'':<14} {total_p:>9,} {total_m:>11,}")
-    return "\n".join(lines)

@@ -4,19 +4,22 @@ python -m vizkit.features --layer conv1                 # newest run, test image
 python -m vizkit.features --layer relu_1                # any step of forward: F.relu, pooling, x + y, ...
 python -m vizkit.features --layer all --image digit.jpg
 python -m vizkit.features --layer conv1 --weights       # the kernels instead
-python -m vizkit.features --list-layers                 # every step: name, kind, what it calls, shape, inputs
+python -m vizkit.features --list-layers                 # every step: kind, shape, parameters, FLOPs, receptive field
+python -m vizkit.features --list-layers --json          # the same, for scripts
 python -m vizkit.features --checkpoint cnn.pth --model my_cnn.py:CNN --layer conv1.0   # your own model
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 from pathlib import Path
 
 import torch
 from torch import nn
 
+from vizkit import rundir
 from vizkit.attribution import optimize_inputs
 from vizkit.checkpoint import normalisation_note
 from vizkit.cli import run_cli
@@ -25,14 +28,26 @@ from vizkit.graph import Graph, capture, forward_graph, probabilities
 from vizkit.inputs import Sample, add_input_args, add_model_args, load_model, load_sample
 from vizkit.normalize import Normalized
 from vizkit.plots import activation_figure, kernels_figure, save_figure, tiles_figure
+from vizkit.units import Layer, as_json, model_map
 
 
-def format_steps(graph: Graph) -> str:
-    """--list-layers: a line per step of the forward graph, in the order it runs."""
-    rows = [(s.name, s.kind, s.op, " x ".join(map(str, s.shape)), ", ".join(s.inputs)) for s in graph.steps]
-    header = ("step", "kind", "calls", "output", "from")
-    widths = [max(len(r[i]) for r in [header, *rows]) for i in range(4)]
-    lines = ["  ".join(f"{v:<{w}}" for v, w in zip(r, widths, strict=False)) + "  " + r[4] for r in [header, *rows]]
+def format_steps(graph: Graph, rows: list[Layer]) -> str:
+    """--list-layers: a line per step of the forward graph, in the order it runs, with its parameters, FLOPs and
+    receptive field (units.model_map)."""
+    header = ("step", "kind", "calls", "output", "params", "FLOPs", "RF", "from")
+    table = [header] + [
+        (r.name, r.kind, r.op, " x ".join(map(str, r.output_shape)), f"{r.params:,}", f"{r.flops:,}",
+         str(r.receptive_field or "-"), ", ".join(r.inputs))
+        for r in rows
+    ]  # fmt: skip
+    widths = [max(len(r[i]) for r in table) for i in range(7)]
+
+    def cell(i: int, value: str) -> str:
+        return f"{value:>{widths[i]}}" if i in (4, 5, 6) else f"{value:<{widths[i]}}"  # numbers to the right
+
+    lines = ["  ".join(cell(i, v) for i, v in enumerate(r[:7])) + "  " + r[7] for r in table]
+    lines.append(f"total: {sum(r.params for r in rows):,} parameters, {sum(r.flops for r in rows):,} FLOPs for one "
+                 "input (torch.utils.flop_counter); RF: the side in input pixels one unit sees")  # fmt: skip
     if not graph.traced:
         lines.append(f"({graph.note}: its modules only)")
     return "\n".join(line.rstrip() for line in lines)
@@ -77,7 +92,12 @@ def build_parser() -> argparse.ArgumentParser:
         help="layer name as the model names it (repeatable; see --list-layers), or 'all' "
         "(default: the first conv layer)",
     )
-    p.add_argument("--list-layers", action="store_true", help="print the layer names with their output shapes")
+    p.add_argument(
+        "--list-layers",
+        action="store_true",
+        help="print every step: name, kind, what it calls, output shape, parameters, FLOPs, receptive field",
+    )
+    p.add_argument("--json", action="store_true", help="with --list-layers: the table as JSON, for scripts")
     p.add_argument("--weights", action="store_true", help="draw the layer's conv kernels instead of its activations")
     p.add_argument(
         "--optimize", action="store_true", help="synthesise, per channel, the input that excites it most (from noise)"
@@ -94,7 +114,9 @@ def main(argv: list[str] | None = None) -> int:
         model, ckpt, ckpt_path = load_model(args)
         graph = forward_graph(model, ckpt["input_shape"])
         if args.list_layers:
-            print(format_steps(graph))
+            rows = model_map(model, ckpt["input_shape"])
+            steps = ",\n ".join(json.dumps(r) for r in as_json(rows))  # a step a line
+            print(f"[{steps}]" if args.json else format_steps(graph, rows))
             return 0
         convs = graph.maps("conv")
         if not args.layer and not convs:
@@ -133,11 +155,16 @@ def main(argv: list[str] | None = None) -> int:
         for path, fig in zip(paths, figures.values(), strict=True):
             print(save_figure(fig, path))
         if args.tensorboard:
-            from tensorboardX import SummaryWriter
+            from vizkit.writer import Writer
 
-            with SummaryWriter(logdir=str(run_dir)) as writer:
+            rundir.lock(run_dir)  # not while training writes the run
+            try:
+                writer = Writer(run_dir)
                 for name, fig in figures.items():
-                    writer.add_figure(f"features/{name}", fig, 0)
+                    writer.figure(f"features/{name}", fig, 0)
+                writer.close()
+            finally:
+                rundir.release(run_dir)
             print(f"added {len(figures)} figure(s) to the TensorBoard log in {run_dir}")
         return 0
 

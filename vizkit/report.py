@@ -21,7 +21,6 @@ from matplotlib.ticker import MaxNLocator
 from PIL import Image
 
 from vizkit import rundir
-from vizkit.analysis import format_summary, model_summary
 from vizkit.checkpoint import open_checkpoint, read_checkpoint
 from vizkit.cli import run_cli
 from vizkit.errors import VizkitError
@@ -31,6 +30,7 @@ from vizkit.inputs import test_images
 from vizkit.normalize import Normalized
 from vizkit.plots import feature_grid, kernels_figure
 from vizkit.rundir import find_checkpoint
+from vizkit.units import format_map, model_map
 
 FEATURE_IMAGES = 4  # test images whose feature maps the report shows
 
@@ -140,7 +140,7 @@ def run_section(run: dict[str, Any], data_dir: str | None, model_spec: str | Non
         if kernels:  # a functional F.conv2d has its weight elsewhere: no kernels to show
             figure = kernels_figure(modules[kernels[0]].weight, kernels[0])
             parts.append(f"<h3>Kernels of {kernels[0]}</h3>" + img(figure, "kernels"))
-    summary = format_summary(model_summary(model, ckpt["input_shape"]))
+    summary = format_map(model_map(model, ckpt["input_shape"]))
     parts.append(f"<h3>Model summary</h3><pre>{html.escape(summary)}</pre>")
     return "\n".join(parts)
 

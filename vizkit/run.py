@@ -30,7 +30,7 @@ from matplotlib.figure import Figure
 from torch import nn
 
 from vizkit import analysis, rundir
-from vizkit.analysis import activation_stats, epoch_score, format_summary, is_best, model_device, model_summary
+from vizkit.analysis import activation_stats, epoch_score, is_best, model_device
 from vizkit.checkpoint import model_fields, save_checkpoint
 from vizkit.config import LOG_LEVELS, TrainConfig, dict_to_toml
 from vizkit.data import DATASETS, guess_dataset, loader_source
@@ -43,6 +43,7 @@ from vizkit.models import absolute_spec, display_name, spec_of
 from vizkit.normalize import to_pixels
 from vizkit.plots import confusion_figure, curves_figure, samples_figure, top_losses_figure
 from vizkit.tiles import layer_image, square
+from vizkit.units import format_map, model_map
 from vizkit.writer import NullWriter, Writer
 
 log = logging.getLogger(__name__)
@@ -301,7 +302,7 @@ class Run:
         self.checkpoints = Checkpoints(self.dir, state.get("best_epoch", 0), state.get("best_val_accuracy", -math.inf))
         self.test, self.notes = {}, {}  # the final evaluation's numbers; extra entries for metrics.json
         self.losses = StepLosses(log_every)
-        self.summary = format_summary(model_summary(model, self.input_shape))
+        self.summary = format_map(model_map(model, self.input_shape))
         self.traced, self.finished = True, None
         self._mark = time.perf_counter()  # an epoch's seconds, when the loop gives none: since the last epoch()
         if resume is None:

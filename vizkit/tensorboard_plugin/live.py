@@ -22,6 +22,7 @@ from vizkit.errors import VizkitError
 from vizkit.models import display_name
 from vizkit.probe import Probe, probe
 from vizkit.tiles import to_levels, viridis
+from vizkit.units import model_map
 
 MAX_BARS = 1024  # units drawn for a fully connected layer (the rest are summarised by the range)
 
@@ -59,7 +60,12 @@ def describe(loaded: Loaded) -> dict[str, Any]:
         "digits": ckpt.get("dataset") == "mnist",  # the page says "digit" only then
         "mean": list(ckpt["mean"]),
         "std": list(ckpt["std"]),
-        "viridis": viridis().tobytes().hex(),  # the colour map of vizkit.features and the Images tab, from one table
+        "viridis": viridis().tobytes().hex(),
+        # each step's receptive field, FLOPs and parameters, for the layer cards' headers (units.model_map)
+        "map": {
+            r.name: {"receptive_field": r.receptive_field, "flops": r.flops, "params": r.params}
+            for r in model_map(loaded.model, ckpt["input_shape"])
+        },  # fmt: skip  # the colour map of vizkit.features and the Images tab, from one table
     }
 
 

@@ -424,6 +424,13 @@ function blit(canvas, image, x, y, w, h, replace) {
 
 const GAP = 4, LABEL = 12;
 
+function formatCount(n) {  // 1806336 -> 1.8M
+  if (n >= 1e9) return `${(n / 1e9).toFixed(1)}G`;
+  if (n >= 1e6) return `${(n / 1e6).toFixed(1)}M`;
+  if (n >= 1e3) return `${(n / 1e3).toFixed(1)}k`;
+  return String(n);
+}
+
 function drawLayers(layers) {
   const box = byId('layers');
   const width = Math.max(320, box.clientWidth - 32);
@@ -439,8 +446,12 @@ function drawLayers(layers) {
     const blocks = layer.blocks.length ? ` = output of ${layer.blocks.join(', ')}` : '';
     const what = layer.output ? `${layer.output}, one bar per class` : layer.kind;
     const from = layer.inputs.length ? ` · from ${layer.inputs.join(' + ')}` : '';
+    // what one unit sees of the input, and what the step costs (units.model_map: the same as --list-layers)
+    const place = (state.model && state.model.map && state.model.map[layer.name]) || {};
+    const rf = place.receptive_field ? ` · sees ${place.receptive_field}×${place.receptive_field} px` : '';
+    const flops = place.flops ? ` · ${formatCount(place.flops)} FLOPs` : '';
     card.querySelector('h3').innerHTML = `${escape(layer.name)} <span class="meta">${escape(layer.op)}` +
-      `${escape(blocks)} · ${layer.shape.join('×')} · ${escape(what)}${escape(from)}</span>`;
+      `${escape(blocks)} · ${layer.shape.join('×')} · ${escape(what)}${escape(from)}${escape(rf)}${escape(flops)}</span>`;
     if (layer.data) drawMaps(card, layer, width);
     else drawBars(card, layer, width);
     return card;
