@@ -10,7 +10,7 @@ from torch.utils.flop_counter import FlopCounterMode
 
 from vizkit import features
 from vizkit.models import get_model
-from vizkit.units import model_map
+from vizkit.units import dataset_examples, model_map
 
 
 def examples_net() -> nn.Module:
@@ -73,3 +73,103 @@ def test_list_layers_json_from_a_bare_state_dict(tmp_path, capsys):
     assert conv1 == {"name": "conv1", "kind": "conv", "op": "Conv2d", "output_shape": [32, 26, 26], "params": 320,
                      "flops": 32 * 26 * 26 * 9 * 2, "receptive_field": 3, "inputs": ["input"]}  # fmt: skip
     assert steps[-1]["name"] == "log_softmax" and steps[-1]["receptive_field"] == 28  # the flatten saw it all
+
+
+def spikes() -> torch.Tensor:
+    """Six 6 x 6 images: image i is 20 i everywhere but one pixel, 250 - 40 i, at (i, i)."""
+    images = torch.stack([torch.full((1, 6, 6), 20 * i) for i in range(6)])
+    for i in range(6):
+        images[i, 0, i, i] = 250 - 40 * i
+    return images.to(torch.uint8)
+
+
+def test_dataset_examples_are_the_images_whose_maximum_is_highest():
+    conv = nn.Conv2d(1, 2, 1, bias=False)
+    with torch.no_grad():
+        conv.weight.copy_(torch.tensor([1.0, -1.0]).view(2, 1, 1, 1))  # channel 0: the pixel; 1: minus the pixel
+    model = nn.Sequential(conv)
+    ex = dataset_examples(model, "0", spikes(), [0.0], [1.0], k=3, batch=4)  # two batches
+    # channel 0's maximum: 250, 210, 170, max(60, 130), max(80, 90), max(100, 50); its spike is where it is
+    assert ex.top[0].tolist() == [0, 1, 2] and ex.bottom[0].tolist() == [4, 5, 3]
+    assert torch.allclose(ex.top_values[0], torch.tensor([250, 210, 170]) / 255)
+    assert ex.where[0].tolist() == [[0, 0], [1, 1], [2, 2]]
+    # channel 1's maximum is minus each image's darkest pixel: 0, -20, -40, -60, -80, -50 (image 5's spike)
+    assert ex.top[1].tolist() == [0, 1, 2] and ex.bottom[1].tolist() == [4, 3, 5]
+    assert torch.allclose(ex.bottom_values[1], -torch.tensor([80, 60, 50]) / 255)
+
+
+def test_examples_command_draws_and_prints_them(small_run, data_dir, tmp_path, capsys):
+    from PIL import Image
+
+    from vizkit.checkpoint import open_checkpoint
+    from vizkit.data import load_test_split
+
+    argv = ["--run", str(small_run), "--layer", "conv1", "--examples", "4", "--data-dir", str(data_dir)]
+    assert features.main([*argv, "--json"]) == 0
+    shown = json.loads(capsys.readouterr().out)
+    assert shown["layer"] == "conv1" and len(shown["channels"]) == 16
+    # the values are the channels' maxima over positions for those very test images, highest first
+    model, ckpt = open_checkpoint(small_run / "best.pth")
+    test = load_test_split("mnist", data_dir).images
+    first = shown["channels"][0]
+    with torch.no_grad():
+        x = (test[first["top"]].float() / 255 - ckpt["mean"][0]) / ckpt["std"][0]
+        peaks = model.conv1(x)[:, 0].flatten(1).amax(1)
+    assert torch.allclose(peaks, torch.tensor(first["values"]), atol=1e-5)
+    assert first["values"] == sorted(first["values"], reverse=True)
+    assert features.main([*argv, "--out", str(tmp_path / "ex.png")]) == 0
+    with Image.open(tmp_path / "ex.png") as img:
+        # a 16-px title, an 11-px header and a row of 40-px tiles per channel, 3 px apart
+        assert img.height == 16 + 11 + 16 * (40 + 3) + 3
+        # channel 0's strongest example, top left of its row: the crop of test image top[0] around its field
+        assert img.getpixel((26 + 40 + 3 + 10 + 20, 16 + 11 + 20)) != (255, 255, 255)
+
+
+def test_training_logs_every_conv_steps_examples(small_run, data_dir, capsys):
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    ea = EventAccumulator(str(small_run), size_guidance={"images": 0})
+    ea.Reload()
+    assert {"examples/conv1", "examples/conv2", "examples/conv3"} <= set(ea.Tags()["images"])
+    assert ea.Images("examples/conv3")[0].step == 2  # the last epoch's, as the other evaluation images
+    logged = json.loads((small_run / "examples" / "conv2.json").read_text())
+    argv = ["--run", str(small_run), "--layer", "conv2", "--examples", "8", "--json", "--data-dir", str(data_dir)]
+    assert features.main(argv) == 0
+    shown = json.loads(capsys.readouterr().out)
+    # the runner's and the command's agree image for image (the values to float rounding: the runner's model
+    # computes in channels_last)
+    for a, b in zip(shown["channels"], logged["channels"], strict=True):
+        assert (a["top"], a["bottom"]) == (b["top"], b["bottom"])
+        assert torch.allclose(torch.tensor(a["values"]), torch.tensor(b["values"]), atol=1e-4)
+
+
+def test_each_epochs_weights_are_kept_and_drawn_from(small_run, data_dir, tmp_path, capsys):
+    from vizkit import explain
+    from vizkit.checkpoint import read_checkpoint
+
+    assert sorted(p.name for p in (small_run / "epochs").iterdir()) == ["epoch-1.pth", "epoch-2.pth"]
+    last, second = (read_checkpoint(p) for p in (small_run / "last.pth", small_run / "epochs" / "epoch-2.pth"))
+    assert second["epoch"] == 2 and all(torch.equal(last["state_dict"][k], v) for k, v in second["state_dict"].items())
+    base = ["--run", str(small_run), "--layer", "conv1", "--examples", "3", "--json", "--data-dir", str(data_dir)]
+    shown = {}
+    for epoch in ("1", "2"):
+        assert features.main([*base, "--epoch", epoch]) == 0
+        shown[epoch] = json.loads(capsys.readouterr().out)
+    # epoch 1's weights are not epoch 2's: the channels respond to other images, and epoch 1's own numbers are
+    # those of its own weights
+    assert shown["1"] != shown["2"]
+    model = get_model("vizkit", 1, 28, 10).eval()
+    model.load_state_dict(read_checkpoint(small_run / "epochs" / "epoch-1.pth")["state_dict"])
+    ex = dataset_examples(model, "conv1", load_test(data_dir), [0.1307], [0.3081], k=3)
+    assert ex.top[0].tolist() == shown["1"]["channels"][0]["top"]
+    assert features.main([*base, "--epoch", "7"]) == 2
+    assert f"{small_run} has no weights of epoch 7; it keeps epochs 1, 2" in capsys.readouterr().err
+    out = tmp_path / "cam.png"
+    assert explain.main(["--run", str(small_run), "--epoch", "1", "--data-dir", str(data_dir), "--out", str(out)]) == 0
+    assert out.is_file()
+
+
+def load_test(data_dir) -> torch.Tensor:  # noqa: ANN001
+    from vizkit.data import load_test_split
+
+    return load_test_split("mnist", data_dir).images

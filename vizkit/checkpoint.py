@@ -278,7 +278,7 @@ def trusted_spec(ckpt: dict[str, Any], path: Path, shared: Path | None = None) -
     if not signing.signed(ckpt):  # not trained here by this person, or edited since: anyone could have written it
         raise VizkitError(
             f"{path} is not signed with your key (a run from someone else, or edited), so {recorded[0]} is not "
-            f"imported; read that file, then: python -m vizkit.trust {path.parent}, or {how}"
+            f"imported; read that file, then: python -m vizkit.trust {rundir.run_of(path)}, or {how}"
         )
     unchanged_code(ckpt, path)
     return spec
@@ -286,7 +286,7 @@ def trusted_spec(ckpt: dict[str, Any], path: Path, shared: Path | None = None) -
 
 def _how(ckpt: dict[str, Any], path: Path) -> str:
     spec = ckpt["model"]
-    copy = path.parent / rundir.SOURCE
+    copy = rundir.run_of(path) / rundir.SOURCE
     kept = f" (the training source is kept in {copy})" if copy.is_dir() else ""
     return f"pass --model PATH.py:{display_name(spec) if spec else 'NAME'} to use code you chose{kept}"
 
@@ -302,7 +302,7 @@ def recorded_code(ckpt: dict[str, Any], path: Path, shared: Path | None = None) 
     try:
         files = [f.resolve() for f in files]
         # the folder that holds the checkpoint, not the one a symbolic link to it points into
-        run_folder = Path(os.path.abspath(path)).parent.resolve()
+        run_folder = rundir.run_of(Path(os.path.abspath(path))).resolve()
         shared_folder = shared.resolve() if shared is not None else run_folder
     except (OSError, ValueError) as exc:
         raise VizkitError(f"{path} records a path that cannot be followed ({first_line(exc)}); {how}") from None

@@ -340,7 +340,7 @@ def fit(
             config=cfg.to_dict(), model_spec=cfg.model, model_args=cfg.model_args, log=cfg.log, epochs=cfg.epochs,
             log_every=cfg.log_every, stats_sample=stats_batch, existing=True,
             resume=resume["resume"] if resume is not None else None,
-            data_dir=None if is_folder_dataset(cfg.dataset) else cfg.data_dir,
+            data_dir=None if is_folder_dataset(cfg.dataset) else cfg.data_dir, keep_epochs=cfg.keep_epochs,
         )  # fmt: skip
     with loop.run if loop.run is not None else contextlib.nullcontext():
         if loop.run is not None and resume is None:

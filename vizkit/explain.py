@@ -15,6 +15,7 @@ import sys
 
 import torch
 
+from vizkit import rundir
 from vizkit.attribution import grad_cam, integrated_gradients, no_evidence, saliency
 from vizkit.checkpoint import normalisation_note
 from vizkit.cli import run_cli
@@ -80,7 +81,7 @@ def main(argv: list[str] | None = None) -> int:
         fig = explain_figure(
             x[0], maps, probs, classes, title, sample.original, (convs[0], first[convs[0]][0]) if convs else None
         )
-        out = args.out or ckpt_path.parent / "explain" / f"{sample.name}.png"
+        out = args.out or rundir.run_of(ckpt_path) / "explain" / f"{sample.name}.png"
         print(save_figure(fig, out))
         return 0
 

@@ -6,6 +6,8 @@ python -m vizkit.features --layer all --image digit.jpg
 python -m vizkit.features --layer conv1 --weights       # the kernels instead
 python -m vizkit.features --list-layers                 # every step: kind, shape, parameters, FLOPs, receptive field
 python -m vizkit.features --list-layers --json          # the same, for scripts
+python -m vizkit.features --layer conv2 --examples 8    # each channel's strongest and weakest test images
+python -m vizkit.features --layer conv1 --epoch 1       # drawn from the weights after epoch 1
 python -m vizkit.features --checkpoint cnn.pth --model my_cnn.py:CNN --layer conv1.0   # your own model
 """
 
@@ -17,6 +19,7 @@ import sys
 from pathlib import Path
 
 import torch
+from PIL import Image
 from torch import nn
 
 from vizkit import rundir
@@ -24,11 +27,13 @@ from vizkit.attribution import optimize_inputs
 from vizkit.checkpoint import normalisation_note
 from vizkit.cli import run_cli
 from vizkit.errors import VizkitError
-from vizkit.graph import Graph, capture, forward_graph, probabilities
-from vizkit.inputs import Sample, add_input_args, add_model_args, load_model, load_sample
+from vizkit.files import write_output
+from vizkit.graph import Graph, Step, capture, forward_graph, probabilities
+from vizkit.inputs import Sample, add_input_args, add_model_args, load_model, load_sample, test_images
 from vizkit.normalize import Normalized
 from vizkit.plots import activation_figure, kernels_figure, save_figure, tiles_figure
-from vizkit.units import Layer, as_json, model_map
+from vizkit.tiles import examples_image
+from vizkit.units import Layer, as_json, dataset_examples, model_map, receptive_fields
 
 
 def format_steps(graph: Graph, rows: list[Layer]) -> str:
@@ -97,7 +102,13 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_true",
         help="print every step: name, kind, what it calls, output shape, parameters, FLOPs, receptive field",
     )
-    p.add_argument("--json", action="store_true", help="with --list-layers: the table as JSON, for scripts")
+    p.add_argument(
+        "--examples",
+        type=int,
+        metavar="K",
+        help="the K test images that drive each channel hardest (cropped to what its strongest unit sees) and least",
+    )
+    p.add_argument("--json", action="store_true", help="with --list-layers or --examples: JSON, for scripts")
     p.add_argument("--weights", action="store_true", help="draw the layer's conv kernels instead of its activations")
     p.add_argument(
         "--optimize", action="store_true", help="synthesise, per channel, the input that excites it most (from noise)"
@@ -105,6 +116,50 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", help="output .png (one layer) or directory (default: <run>/features/<layer>-<input>.png)")
     p.add_argument("--tensorboard", action="store_true", help="also add the figures to the run's TensorBoard log")
     return p
+
+
+def examples(args: argparse.Namespace, model: nn.Module, ckpt: dict, checkpoint: Path, steps: dict[str, Step]) -> None:
+    """--examples K: for each channel (or unit) of the steps, the test images that drive it hardest, cropped to
+    what its strongest unit sees, and least; its optimised input beside them. --json: the indices and values."""
+    if not 1 <= args.examples <= 64:
+        raise VizkitError(f"--examples {args.examples}: give 1 to 64 images per channel")
+    shape = ckpt["input_shape"]
+    test = test_images(ckpt, checkpoint, args.data_dir)
+    found = {n: dataset_examples(model, s.name, test.images, ckpt["mean"], ckpt["std"], args.examples)
+             for n, s in steps.items()}  # fmt: skip
+    if args.json:
+        shown = [{**ex.as_json(), "layer": name} for name, ex in found.items()]
+        print(json.dumps(shown[0] if len(shown) == 1 else shown))
+        return
+    fields = receptive_fields(model, forward_graph(model, shape), shape)
+    net = Normalized(model, ckpt["mean"], ckpt["std"]).eval()
+    paths = output_paths(args.out, rundir.run_of(checkpoint) / "features", [f"{n}-examples" for n in found])
+    for path, (name, ex) in zip(paths, found.items(), strict=True):
+        step, field = steps[name], fields[steps[name].name]
+        boxes = None
+        if ex.where is not None:
+            boxes = [[field.box(int(r), int(c)) for r, c in ex.where[ch]] for ch in range(len(ex.top))]
+        optimised = optimize_inputs(net, model, step.name, shape) if step.maps else None
+        title = (f"{name} ({step.op}): each channel's strongest and weakest of the {len(test.images)} images of "
+                 f"{test.what}, by its maximum; a unit sees {field.size} x {field.size} px")  # fmt: skip
+        picture = examples_image(test.images, ex.top, ex.bottom, boxes, optimised, title)
+        print(write_output(path, lambda tmp, picture=picture: Image.fromarray(picture).save(tmp, format="png")))
+
+
+def to_tensorboard(run_dir: Path, figures: dict) -> None:
+    """--tensorboard: the figures into the run's own event log, through the writer, under the run's lock (not
+    while training writes it)."""
+    from vizkit.writer import Writer
+
+    rundir.lock(run_dir)
+    try:
+        writer = Writer(run_dir)
+        for name, fig in figures.items():
+            writer.figure(f"features/{name}", fig, 0)
+        writer.close()
+    finally:
+        rundir.release(run_dir)
+    print(f"added {len(figures)} figure(s) to the TensorBoard log in {run_dir}")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -127,7 +182,10 @@ def main(argv: list[str] | None = None) -> int:
         # a module's path names its step (a container's, its last one): figures are named by what was asked
         layers = [s.name for s in graph.drawn] if "all" in wanted else list(dict.fromkeys(wanted))
         steps = {name: graph.resolve(name) for name in layers}
-        run_dir = ckpt_path.parent
+        run_dir = rundir.run_of(ckpt_path)
+        if args.examples is not None:
+            examples(args, model, ckpt, ckpt_path, steps)
+            return 0
         figures = {}
         if args.optimize:
             net = Normalized(model, ckpt["mean"], ckpt["std"]).eval()
@@ -155,17 +213,7 @@ def main(argv: list[str] | None = None) -> int:
         for path, fig in zip(paths, figures.values(), strict=True):
             print(save_figure(fig, path))
         if args.tensorboard:
-            from vizkit.writer import Writer
-
-            rundir.lock(run_dir)  # not while training writes the run
-            try:
-                writer = Writer(run_dir)
-                for name, fig in figures.items():
-                    writer.figure(f"features/{name}", fig, 0)
-                writer.close()
-            finally:
-                rundir.release(run_dir)
-            print(f"added {len(figures)} figure(s) to the TensorBoard log in {run_dir}")
+            to_tensorboard(run_dir, figures)
         return 0
 
     return run_cli(body, "vizkit.features")

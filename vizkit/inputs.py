@@ -11,6 +11,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from vizkit import rundir
 from vizkit.checkpoint import open_checkpoint
 from vizkit.cli import add_own_model_args
 from vizkit.errors import VizkitError
@@ -33,6 +34,7 @@ def add_model_args(parser: argparse.ArgumentParser) -> None:
     group.add_argument(
         "--checkpoint", metavar="FILE", help="a .pth from vizkit.train, or your own state dict (with --model)"
     )
+    parser.add_argument("--epoch", type=int, metavar="N", help="the run's weights after epoch N (default: the best)")
     add_own_model_args(parser)
 
 
@@ -63,6 +65,17 @@ def add_input_args(parser: argparse.ArgumentParser) -> None:
 def load_model(args: argparse.Namespace) -> tuple[nn.Module, dict[str, Any], Path]:
     """The model named by --run/--checkpoint (or the newest run), its checkpoint dict, and the checkpoint path."""
     path = find_checkpoint(args.run, args.checkpoint)
+    if getattr(args, "epoch", None) is not None:
+        if args.checkpoint:
+            raise VizkitError("--epoch takes a run's kept weights: give --run RUN_DIR, not --checkpoint")
+        run = rundir.run_of(path)
+        kept = rundir.epochs_in(run)
+        if args.epoch not in kept:
+            has = (
+                f"epochs {', '.join(map(str, kept))}" if kept else "no epoch's weights (trained with keep_epochs false)"
+            )
+            raise VizkitError(f"{run} has no weights of epoch {args.epoch}; it keeps {has}")
+        path = rundir.epoch_file(run, args.epoch)
     model, ckpt = open_model(path, args)
     return model, ckpt, path
 

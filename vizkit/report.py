@@ -140,6 +140,13 @@ def run_section(run: dict[str, Any], data_dir: str | None, model_spec: str | Non
         if kernels:  # a functional F.conv2d has its weight elsewhere: no kernels to show
             figure = kernels_figure(modules[kernels[0]].weight, kernels[0])
             parts.append(f"<h3>Kernels of {kernels[0]}</h3>" + img(figure, "kernels"))
+    last_conv = graph.maps("conv")[-1:]
+    if last_conv and rundir.examples_file(run_dir, last_conv[0]).is_file():  # training logged them (--log full)
+        where = rundir.examples_file(run_dir, last_conv[0])
+        parts.append(f"<h3>What each channel of {html.escape(last_conv[0])} responds to</h3><p>The test images "
+                     "that drive each channel hardest (cropped to what its strongest unit sees, outlined) and least; "
+                     "any step: <code>python -m vizkit.features --layer NAME --examples 8</code>.</p>"
+                     + img(where, f"dataset examples of {last_conv[0]}"))  # fmt: skip
     summary = format_map(model_map(model, ckpt["input_shape"]))
     parts.append(f"<h3>Model summary</h3><pre>{html.escape(summary)}</pre>")
     return "\n".join(parts)

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import json
 import logging
 import math
 import time
@@ -25,8 +26,10 @@ from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 from matplotlib.figure import Figure
+from PIL import Image
 from torch import nn
 
 from vizkit import analysis, rundir
@@ -36,20 +39,21 @@ from vizkit.config import LOG_LEVELS, TrainConfig, dict_to_toml
 from vizkit.data import DATASETS, guess_dataset, loader_source
 from vizkit.errors import VizkitError, first_line
 from vizkit.export import check_onnx, export_onnx
-from vizkit.files import atomic_write
+from vizkit.files import atomic_write, atomic_write_text
 from vizkit.graph import Graph, first_tensor, forward_graph, step_outputs
 from vizkit.hooks import modes_kept
 from vizkit.models import absolute_spec, display_name, spec_of
 from vizkit.normalize import to_pixels
 from vizkit.plots import confusion_figure, curves_figure, samples_figure, top_losses_figure
-from vizkit.tiles import layer_image, square
-from vizkit.units import format_map, model_map
+from vizkit.tiles import examples_image, layer_image, square
+from vizkit.units import dataset_examples, format_map, model_map, receptive_fields
 from vizkit.writer import NullWriter, Writer
 
 log = logging.getLogger(__name__)
 
 FEATURE_IMAGES = 4  # images of the sample that trace the graph
 EXAMPLES = 16  # images a Run not told its dataset keeps for the inspection commands
+EXAMPLES_PER_CHANNEL = 8  # dataset examples, strongest and weakest, of each channel of each conv step
 ONNX_TOLERANCE = 1e-4
 TENSORBOARD_IMAGES_PER_TAG = 10  # TensorBoard shows 10 images per tag unless --samples_per_plugin says more
 RESULTS = ("test_accuracy", "test_loss", "best_val_accuracy")  # HParams' metrics, in every run alike
@@ -75,6 +79,11 @@ def _plain(value: Any) -> Any:
 
 def save_png(fig: Figure, path: Path) -> None:
     atomic_write(path, lambda tmp: fig.savefig(tmp, format="png"))  # a full disk raises, for the caller to say
+
+
+def write_png(path: Path, picture: np.ndarray) -> None:
+    path.parent.mkdir(exist_ok=True)
+    atomic_write(path, lambda tmp: Image.fromarray(picture).save(tmp, format="png"))
 
 
 @dataclasses.dataclass
@@ -184,6 +193,12 @@ class Checkpoints:
     dir: Path
     best_epoch: int = 0
     best_score: float = -math.inf
+    keep_epochs: bool = True  # each epoch's weights too, in epochs/ (`features --epoch N`)
+
+    @classmethod
+    def resumed(cls, run_dir: Path, state: dict[str, Any], keep_epochs: bool) -> Checkpoints:
+        """Going on from last.pth's resume state (or from nothing: {})."""
+        return cls(run_dir, state.get("best_epoch", 0), state.get("best_val_accuracy", -math.inf), keep_epochs)
 
     def save(self, model: nn.Module, fields: dict[str, Any], history: list[dict], resume: dict | None) -> None:
         """best.pth if this epoch is the best and, last, last.pth: once it names an epoch, that epoch is whole."""
@@ -193,6 +208,10 @@ class Checkpoints:
         if is_best(score, self.best_score):
             self.best_epoch, self.best_score = fields["epoch"], score
             save_checkpoint(self.dir / rundir.BEST, model, **fields)
+        if self.keep_epochs:
+            path = rundir.epoch_file(self.dir, fields["epoch"])
+            path.parent.mkdir(exist_ok=True)
+            save_checkpoint(path, model, **fields)
         if resume is not None:  # what --resume continues from; `logs`: how much of each event log is this epoch's
             fields["resume"] = {**resume, "history": history, "best_val_accuracy": self.best_score,
                                 "best_epoch": self.best_epoch, "logs": rundir.log_sizes(self.dir)}  # fmt: skip
@@ -224,6 +243,34 @@ class StepLosses:
         mean = torch.stack(self.epoch).mean().item() if self.epoch else None
         self.epoch = []
         return mean
+
+
+def projector_inputs(
+    pred: analysis.Predictions, pixels: torch.Tensor, embed: int
+) -> tuple[torch.Tensor, torch.Tensor] | None:
+    """The projector's points (the last Linear's inputs) and sprite (the images, squared) for the first `embed`."""
+    if pred.features is None:
+        return None
+    n = min(embed, len(pred.labels))
+    return pred.features[:n], square(pixels[:n].float() / 255)
+
+
+def log_examples(
+    writer: Writer | NullWriter, model: nn.Module, steps: list[str], rec: Record, pixels: torch.Tensor, run_dir: Path,
+    step: int,
+) -> None:  # fmt: skip
+    """Each conv step's dataset examples over the test images (uint8 `pixels`): into the run (examples/) and
+    the Images tab."""
+    shape = list(pixels.shape[1:])
+    fields = receptive_fields(model, forward_graph(model, shape), shape)
+    for name in steps:
+        ex = dataset_examples(model, name, pixels, rec.mean, rec.std, EXAMPLES_PER_CHANNEL)
+        boxes = [[fields[name].box(int(r), int(c)) for r, c in ex.where[ch]] for ch in range(len(ex.top))]
+        title = f"{name}: each channel's strongest and weakest of {len(pixels)} test images, by its maximum"
+        picture = examples_image(pixels, ex.top, ex.bottom, boxes, None, title)
+        write_png(rundir.examples_file(run_dir, name), picture)
+        atomic_write_text(rundir.examples_file(run_dir, name, ".json"), json.dumps(ex.as_json()) + "\n")
+        writer.image(f"examples/{name}", picture, step)
 
 
 def say_what_is_missing(name: str, graph: Graph) -> None:
@@ -266,6 +313,7 @@ class Run:
         config: dict[str, Any] | None = None, model_spec: str | None = None, model_args: dict[str, Any] | None = None,
         log: str = "full", epochs: int | None = None, log_every: int = 50, stats_sample: torch.Tensor | None = None,
         existing: bool = False, resume: dict[str, Any] | None = None, data_dir: str | Path | None = None,
+        keep_epochs: bool = True,
     ) -> None:  # fmt: skip
         """`model_spec` names the model's code (a zoo name, `PATH.py:NAME` or `module:NAME`; default: its class,
         with `model_args` the keyword arguments it was built with). `epochs`, if known, spreads the feature-map
@@ -274,7 +322,7 @@ class Run:
         config.toml first), and `resume` is last.pth's resume state to continue from (history and best epoch).
         `data_dir`: where the dataset's files are (default: the `root` of the loaders' torchvision dataset, when
         epoch() or evaluate() is given one), so the inspection commands find its test set from any folder.
-        Not told its `dataset`, the run also keeps the first 16 images of `sample` for them (checkpoint.py)."""
+        Not told its `dataset`, the run keeps 16 images of `sample` for them; `keep_epochs`: each epoch's weights."""
         if isinstance(model, (nn.DataParallel, nn.parallel.DistributedDataParallel)):
             model = model.module
         if log not in LOG_LEVELS:
@@ -297,9 +345,8 @@ class Run:
         self.dir = rundir.hold(Path(run_dir)) if self.existing else rundir.create(run_dir, name)
         self.writer = Writer(self.dir) if log != "off" else NullWriter()
         self.image_epochs = image_epochs(epochs) if epochs else None  # None: epochs unknown, every epoch
-        state = resume or {}
-        self.history: list[dict[str, Any]] = list(state.get("history", []))
-        self.checkpoints = Checkpoints(self.dir, state.get("best_epoch", 0), state.get("best_val_accuracy", -math.inf))
+        self.history: list[dict[str, Any]] = list((resume or {}).get("history", []))
+        self.checkpoints = Checkpoints.resumed(self.dir, resume or {}, keep_epochs)
         self.test, self.notes = {}, {}  # the final evaluation's numbers; extra entries for metrics.json
         self.losses = StepLosses(log_every)
         self.summary = format_map(model_map(model, self.input_shape))
@@ -404,15 +451,15 @@ class Run:
         last Linear for the first `embed` images). Returns those numbers; metrics.json gets them on exit."""
         self.rec.note_loader(loader)
         result = analysis.evaluate(self.model, loader, self.input_shape, len(self.rec.classes), self.projector_layer)
-        pred = result.predictions
-        pixels = to_pixels(pred.inputs, self.rec.mean, self.rec.std)  # what the images were before normalisation
+        pixels = to_pixels(result.predictions.inputs, self.rec.mean, self.rec.std)  # the images, before normalising
         figures = evaluation_figures(result, pixels, self.rec.classes)
         for name, fig in figures.items():  # files for the report, images for TensorBoard
             save_png(fig, rundir.figure_file(self.dir, name))
-        n = min(embed, len(pred.labels))  # the projector: the last Linear's inputs and the images, as a sprite
-        embedding = (pred.features[:n], square(pixels[:n].float() / 255)) if pred.features is not None else None
+        embedding = projector_inputs(result.predictions, pixels, embed)
         step = self.history[-1]["epoch"] if self.history else 0
         self.writer.evaluation(result, self.rec.classes, figures if self.full else {}, step, embedding)
+        if self.full:
+            log_examples(self.writer, self.model, self.graph.maps("conv"), self.rec, pixels, self.dir, step)
         self.test = result.numbers()
         return dict(self.test)
 

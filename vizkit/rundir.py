@@ -7,6 +7,8 @@ them, and reading its metrics.json and config.toml. No torch: TensorBoard's tab 
       last.pth best.pth  the last finished epoch (with the state --resume needs) and the best one
       events.out.tfevents.*   the run's own event log; train/ and val/ hold the Loss and Accuracy curves
       model.onnx curves.png confusion_matrix.png top_losses.png   the final stage
+      examples/          each conv step's strongest and weakest test images per channel (--log full)
+      epochs/            each epoch's weights, epoch-<N>.pth (unless keep_epochs = false)
       metrics.json       written last: the run is finished
       source/            a copy of a person's model file, for the record (never imported from here)
 
@@ -39,6 +41,8 @@ ONNX = "model.onnx"
 CURVES = "curves.png"
 FIGURES = ("confusion_matrix", "top_losses")  # the final stage's figures, <name>.png
 REPORT = "report.html"
+EXAMPLES = "examples"  # each conv step's dataset examples: <step>.png, <step>.json (--log full)
+EPOCHS = "epochs"  # each epoch's weights, epoch-<N>.pth (keep_epochs)
 SOURCE = "source"  # a person's model file, copied for the record
 SPLITS = ("train", "val")  # sub-runs whose curves share a chart with the same tag (writer.py)
 EVENTS = "events.out.tfevents."  # TensorBoard's name for an event file
@@ -48,6 +52,26 @@ LOCK = ".lock"
 
 def figure_file(run_dir: Path, name: str) -> Path:
     return run_dir / f"{name}.png"
+
+
+def examples_file(run_dir: Path, step: str, suffix: str = ".png") -> Path:
+    return run_dir / EXAMPLES / f"{step}{suffix}"
+
+
+def epoch_file(run_dir: Path, epoch: int) -> Path:
+    return run_dir / EPOCHS / f"epoch-{epoch}.pth"
+
+
+def epochs_in(run_dir: Path) -> list[int]:
+    """The epochs whose weights the run keeps, in order."""
+    names = (p.name for p in (run_dir / EPOCHS).glob("epoch-*.pth")) if (run_dir / EPOCHS).is_dir() else ()
+    return sorted(int(n[6:-4]) for n in names if n[6:-4].isdigit())
+
+
+def run_of(checkpoint: Path) -> Path:
+    """The run directory a checkpoint belongs to: its folder, or the run above epochs/ for an epoch's weights."""
+    folder = Path(checkpoint).parent
+    return folder.parent if folder.name == EPOCHS else folder
 
 
 # --- making one, and holding it --------------------------------------------------------------------------

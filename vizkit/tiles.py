@@ -87,3 +87,82 @@ def square(images: torch.Tensor) -> torch.Tensor:
     side = max(h, w)
     top, left = (side - h) // 2, (side - w) // 2
     return torch.nn.functional.pad(images, (left, side - w - left, top, side - h - top))
+
+
+EXAMPLE_TILE = 40  # px: a dataset example, enlarged (nearest neighbour)
+OUTLINE = (230, 40, 40)  # the receptive field's box
+
+
+def _grey(image: torch.Tensor) -> np.ndarray:
+    """uint8 (C, H, W) -> (H, W, 3)."""
+    a = image.numpy()
+    return np.repeat(a[0][..., None], 3, axis=2) if a.shape[0] == 1 else a[:3].transpose(1, 2, 0).copy()
+
+
+def _crop(image: torch.Tensor, box: tuple[int, int, int, int] | None) -> tuple[np.ndarray, tuple | None]:
+    """The part of the image around a receptive field (the field and half as much again around it, inside the
+    image), and the field's box in that crop's coordinates; the whole image where there is no box."""
+    picture = _grey(image)
+    if box is None:
+        return picture, None
+    h, w = picture.shape[:2]
+    top, left, bottom, right = box
+    side = min(max(h, w), round((bottom - top + 1) * 1.5) + 2)
+    cy, cx = (top + bottom) / 2, (left + right) / 2
+    y0 = int(min(max(0, round(cy - side / 2)), max(0, h - side)))
+    x0 = int(min(max(0, round(cx - side / 2)), max(0, w - side)))
+    crop = picture[y0 : y0 + side, x0 : x0 + side]
+    return crop, (top - y0, left - x0, bottom - y0, right - x0)
+
+
+def _tile(picture: np.ndarray, box: tuple | None, size: int = EXAMPLE_TILE) -> np.ndarray:
+    img = Image.fromarray(picture).resize((size, size), Image.Resampling.NEAREST)
+    if box is not None:
+        sy, sx = size / picture.shape[0], size / picture.shape[1]
+        top, left, bottom, right = box
+        ImageDraw.Draw(img).rectangle(
+            [
+                max(0, left * sx),
+                max(0, top * sy),
+                min(size - 1, (right + 1) * sx - 1),
+                min(size - 1, (bottom + 1) * sy - 1),
+            ],
+            outline=OUTLINE,
+        )
+    return np.asarray(img)
+
+
+def examples_image(
+    images: torch.Tensor, top: torch.Tensor, bottom: torch.Tensor, boxes: list[list[tuple]] | None,
+    optimised: torch.Tensor | None, title: str,
+) -> np.ndarray:  # fmt: skip
+    """A row per channel: its optimised input, the images that drive it hardest (cropped to what the strongest
+    unit sees, that field outlined), then those that drive it least (whole). `images` uint8 (N, C, H, W); `top`
+    and `bottom` (channels, k) indices into it; `boxes[c][i]` the field of top image i of channel c."""
+    channels, k = top.shape
+    font = _font()
+    label_w, gap = 26, 10
+    cols = (1 if optimised is not None else 0) + k + k
+    width = label_w + cols * (EXAMPLE_TILE + GAP) + (2 if optimised is not None else 1) * gap
+    height = HEADER + LABEL + channels * (EXAMPLE_TILE + GAP) + GAP
+    canvas = Image.new("RGB", (max(width, 2 * GAP + math.ceil(font.getlength(title))), height), (255, 255, 255))
+    draw = ImageDraw.Draw(canvas)
+    draw.text((GAP, 2), title, fill=(0, 0, 0), font=font)
+    x_top = label_w + ((EXAMPLE_TILE + GAP + gap) if optimised is not None else 0)
+    x_low = x_top + k * (EXAMPLE_TILE + GAP) + gap
+    if optimised is not None:
+        draw.text((label_w, HEADER), "optimised", fill=(60, 60, 60), font=font)
+    draw.text((x_top, HEADER), f"strongest {k}, field outlined", fill=(60, 60, 60), font=font)
+    draw.text((x_low, HEADER), f"weakest {k}", fill=(60, 60, 60), font=font)
+    for c in range(channels):
+        y = HEADER + LABEL + c * (EXAMPLE_TILE + GAP)
+        draw.text((GAP, y + EXAMPLE_TILE // 2 - 5), str(c), fill=(60, 60, 60), font=font)
+        if optimised is not None:
+            pixels = (optimised[c].clamp(0, 1) * 255).round().to(torch.uint8)
+            canvas.paste(Image.fromarray(_tile(_grey(pixels), None)), (label_w, y))
+        for i in range(k):
+            crop, box = _crop(images[int(top[c, i])], boxes[c][i] if boxes else None)
+            canvas.paste(Image.fromarray(_tile(crop, box)), (x_top + i * (EXAMPLE_TILE + GAP), y))
+            whole = _grey(images[int(bottom[c, i])])
+            canvas.paste(Image.fromarray(_tile(whole, None)), (x_low + i * (EXAMPLE_TILE + GAP), y))
+    return np.asarray(canvas)

@@ -212,7 +212,7 @@ def train_main(
         print(
             f"test accuracy {100 * metrics['test_accuracy']:.2f}% (loss {metrics['test_loss']:.4f}) "
             f"after {cfg.epochs} epoch{'s' if cfg.epochs > 1 else ''} in {metrics['train_seconds']:.1f} s; "
-            f"run directory: {run_dir}"
+            f"run directory: {run_dir}{kept_epochs(run_dir)}"
         )
     return 0
 
@@ -233,6 +233,15 @@ def open_run_dir(
     if d.main:
         rundir.write_config(run_dir, cfgmod.to_toml(cfg))
     return run_dir, cfg
+
+
+def kept_epochs(run_dir: Path) -> str:
+    """What keeping each epoch's weights costs on disk (`--set keep_epochs=false` keeps none)."""
+    epochs = rundir.epochs_in(run_dir)
+    if not epochs:
+        return ""
+    size = sum(rundir.epoch_file(run_dir, n).stat().st_size for n in epochs) / 1e6
+    return f" ({len(epochs)} epochs' weights in {rundir.EPOCHS}/, {size:.1f} MB; --set keep_epochs=false keeps none)"
 
 
 def kept(run_dir: Path, discard: bool = False) -> str:

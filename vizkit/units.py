@@ -24,6 +24,13 @@ from vizkit.graph import Graph, Step, forward_graph
 class Field:
     size: int  # side, in input pixels, of what one unit sees
     jump: int  # input pixels between two neighbouring units
+    start: float = 0.0  # where the centre of unit 0 lies, in input pixels (padding moves it)
+
+    def box(self, row: int, col: int) -> tuple[int, int, int, int]:
+        """(top, left, bottom, right), inclusive, in input pixels: what unit (row, col) sees (may pass the border)."""
+        half = (self.size - 1) / 2
+        cy, cx = self.start + row * self.jump, self.start + col * self.jump
+        return round(cy - half), round(cx - half), round(cy + half), round(cx + half)
 
 
 @dataclass(frozen=True)
@@ -47,26 +54,34 @@ def _pair(value: Any) -> tuple[int, int]:
     return (int(value[0]), int(value[1])) if isinstance(value, (tuple, list)) else (int(value), int(value))
 
 
-def _window(model_or_call: Any, args: tuple, kwargs: dict) -> tuple[int, int, int] | None:
-    """(kernel, stride, dilation) along the larger side of a conv or pooling step; None if it has none."""
+def _window(model_or_call: Any, args: tuple, kwargs: dict) -> tuple[int, int, int, int] | None:
+    """(kernel, stride, dilation, padding) along the larger side of a conv or pooling step; None if it has none."""
     m = model_or_call
     if isinstance(m, (nn.Conv2d, nn.MaxPool2d, nn.AvgPool2d)):
         k, s = _pair(m.kernel_size), _pair(m.stride)
         d = _pair(getattr(m, "dilation", 1))
-        return max(k), max(s), max(d)
+        return max(k), max(s), max(d), _padding(m.padding, max(k), max(d))
     if m in POOLS:
         k = _pair(kwargs.get("kernel_size", args[1] if len(args) > 1 else 1))
         stride = kwargs.get("stride", args[2] if len(args) > 2 else None)
         s = _pair(stride) if stride not in (None, (), []) else k  # pooling's stride defaults to its kernel
         d = _pair(kwargs.get("dilation", args[4] if len(args) > 4 and m is not F.avg_pool2d else 1))
-        return max(k), max(s), max(d)
+        pad = kwargs.get("padding", args[3] if len(args) > 3 else 0)
+        return max(k), max(s), max(d), _padding(pad, max(k), max(d))
     if m in (F.conv2d, torch.conv2d):
         weight = kwargs.get("weight", args[1] if len(args) > 1 else None)
         k = tuple(weight.shape[-2:]) if isinstance(weight, torch.Tensor) else (1, 1)
         s = _pair(kwargs.get("stride", args[3] if len(args) > 3 else 1))
         d = _pair(kwargs.get("dilation", args[5] if len(args) > 5 else 1))
-        return max(k), max(s), max(d)
+        pad = kwargs.get("padding", args[4] if len(args) > 4 else 0)
+        return max(k), max(s), max(d), _padding(pad, max(k), max(d))
     return None
+
+
+def _padding(value: Any, k: int, d: int) -> int:
+    if value == "same":
+        return d * (k - 1) // 2
+    return 0 if value == "valid" else max(_pair(value))
 
 
 def receptive_fields(model: nn.Module, graph: Graph, input_shape: list[int] | tuple[int, ...]) -> dict[str, Field]:
@@ -74,24 +89,25 @@ def receptive_fields(model: nn.Module, graph: Graph, input_shape: list[int] | tu
     windows = _windows(model, graph)
     shapes = {s.name: s.shape for s in graph.steps}
     shapes["input"] = tuple(input_shape)
-    fields: dict[str, Field] = {"input": Field(1, 1)}
+    fields: dict[str, Field] = {"input": Field(1, 1, 0.0)}
     for step in graph.steps:
         before = [fields[i] for i in step.inputs if i in fields] or [fields["input"]]
-        size, jump = max(f.size for f in before), max(f.jump for f in before)
+        size, jump, start = max(f.size for f in before), max(f.jump for f in before), before[0].start
         window = windows.get(step.name)
         if window is not None:
-            k, s, d = window
+            k, s, d, pad = window
+            start += ((d * (k - 1)) / 2 - pad) * jump
             size, jump = size + (d * (k - 1)) * jump, jump * s
         elif not step.maps:  # flatten, a Linear, global pooling: the whole map it reads
             source = next((shapes[i] for i in step.inputs if len(shapes.get(i, ())) == 3), None)
             if source is not None:
                 size += (max(source[1:]) - 1) * jump
-        fields[step.name] = Field(size, jump)
+        fields[step.name] = Field(size, jump, start)
     del fields["input"]
     return fields
 
 
-def _windows(model: nn.Module, graph: Graph) -> dict[str, tuple[int, int, int]]:
+def _windows(model: nn.Module, graph: Graph) -> dict[str, tuple[int, int, int, int]]:
     modules = dict(model.named_modules())
     found = {}
     fx_nodes = {n.name: n for n in graph.module.graph.nodes} if graph.module is not None else {}
@@ -189,4 +205,74 @@ def as_json(rows: list[Layer]) -> list[dict[str, Any]]:
     ]  # fmt: skip
 
 
-__all__ = ["Field", "Layer", "Step", "as_json", "format_map", "model_map", "receptive_fields", "step_flops"]
+@dataclass
+class Examples:
+    """A step's dataset examples (Zeiler & Fergus, OpenAI Microscope): for each channel (or unit of a vector),
+    the images that drive it hardest and least, by the channel's maximum over positions."""
+
+    layer: str
+    top: torch.Tensor  # (C, k) image indices, highest first
+    top_values: torch.Tensor  # (C, k)
+    bottom: torch.Tensor  # (C, k) image indices, lowest first
+    bottom_values: torch.Tensor  # (C, k)
+    where: torch.Tensor | None  # (C, k, 2): row and column of each top image's maximum in the map; None for vectors
+
+    def as_json(self) -> dict[str, Any]:
+        channels = [
+            {"channel": c, "top": self.top[c].tolist(), "values": [round(float(v), 6) for v in self.top_values[c]],
+             "bottom": self.bottom[c].tolist(), "bottom_values": [round(float(v), 6) for v in self.bottom_values[c]]}
+            for c in range(len(self.top))
+        ]  # fmt: skip
+        return {"layer": self.layer, "channels": channels}
+
+
+@torch.no_grad()
+def dataset_examples(
+    model: nn.Module, layer: str, images: torch.Tensor, mean: list[float], std: list[float], k: int = 8,
+    batch: int = 500,
+) -> Examples:  # fmt: skip
+    """Over `images` (uint8, N x C x H x W, a test set), each channel of `layer`'s k strongest and k weakest
+    images, in batched forward passes of the graph (eval mode; the model is left as it was)."""
+    from vizkit.graph import capture
+    from vizkit.normalize import Normalized
+
+    input_shape = list(images.shape[1:])
+    name = forward_graph(model, input_shape).resolve(layer).name
+    net = Normalized(model, mean, std)
+    device = next((p.device for p in model.parameters()), torch.device("cpu"))
+    peaks, places = [], []
+    with capture(model, [name], input_shape) as out:
+        for i in range(0, len(images), batch):
+            net(images[i : i + batch].to(device).float() / 255)
+            a = out.pop(name)
+            if a.dim() == 4:  # a map: the channel's maximum over positions, and where it is
+                value, place = a.flatten(2).max(2)
+                peaks.append(value)
+                places.append(place)
+            else:
+                peaks.append(a.flatten(1))
+    values = torch.cat(peaks)  # (N, C)
+    k = min(k, len(values))
+    top_values, top = values.topk(k, dim=0)
+    low_values, low = values.topk(k, dim=0, largest=False)
+    where = None
+    if places:
+        width = forward_graph(model, input_shape).by_name[name].shape[-1]
+        flat = torch.cat(places).gather(0, top)  # (k, C): the flat position of each top image's maximum
+        where = torch.stack((flat // width, flat % width), dim=-1).transpose(0, 1)
+    return Examples(name, top.T.contiguous(), top_values.T.contiguous(), low.T.contiguous(), low_values.T.contiguous(),
+                    where)  # fmt: skip
+
+
+__all__ = [
+    "Examples",
+    "Field",
+    "Layer",
+    "Step",
+    "as_json",
+    "dataset_examples",
+    "format_map",
+    "model_map",
+    "receptive_fields",
+    "step_flops",
+]
