@@ -173,3 +173,10 @@ def load_test(data_dir) -> torch.Tensor:  # noqa: ANN001
     from vizkit.data import load_test_split
 
     return load_test_split("mnist", data_dir).images
+
+
+def test_global_pooling_sees_the_whole_map_and_unknown_resizing_says_so():
+    pooled = nn.Sequential(nn.Conv2d(1, 4, 3), nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(4, 2))
+    assert [r.receptive_field for r in model_map(pooled, [1, 28, 28])] == [3, 28, 28, 28]  # 3 + (26 - 1) x 1
+    upsampled = nn.Sequential(nn.Conv2d(1, 4, 3), nn.Upsample(scale_factor=2), nn.Conv2d(4, 4, 3))
+    assert [r.receptive_field for r in model_map(upsampled, [1, 28, 28])] == [3, None, None]

@@ -151,12 +151,16 @@ def to_tensorboard(run_dir: Path, figures: dict) -> None:
     while training writes it)."""
     from vizkit.writer import Writer
 
+    if not rundir.is_finished(run_dir):  # --resume cuts a run's logs back to its last epoch: these would go
+        raise VizkitError(f"{run_dir} has not finished training; --tensorboard adds to finished runs only")
     rundir.lock(run_dir)
     try:
         writer = Writer(run_dir)
-        for name, fig in figures.items():
-            writer.figure(f"features/{name}", fig, 0)
-        writer.close()
+        try:
+            for name, fig in figures.items():
+                writer.figure(f"features/{name}", fig, 0)
+        finally:
+            writer.close()
     finally:
         rundir.release(run_dir)
     print(f"added {len(figures)} figure(s) to the TensorBoard log in {run_dir}")

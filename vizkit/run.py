@@ -18,9 +18,11 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import io
 import json
 import logging
 import math
+import sys
 import time
 from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
@@ -34,12 +36,12 @@ from torch import nn
 
 from vizkit import analysis, rundir
 from vizkit.analysis import activation_stats, epoch_score, is_best, model_device
-from vizkit.checkpoint import model_fields, save_checkpoint
+from vizkit.checkpoint import model_fields, read_checkpoint, save_checkpoint
 from vizkit.config import LOG_LEVELS, TrainConfig, dict_to_toml
 from vizkit.data import DATASETS, guess_dataset, loader_source
 from vizkit.errors import VizkitError, first_line
 from vizkit.export import check_onnx, export_onnx
-from vizkit.files import atomic_write, atomic_write_text
+from vizkit.files import atomic_write, atomic_write_bytes, atomic_write_text
 from vizkit.graph import Graph, first_tensor, forward_graph, step_outputs
 from vizkit.hooks import modes_kept
 from vizkit.models import absolute_spec, display_name, spec_of
@@ -69,12 +71,18 @@ def image_epochs(epochs: int, limit: int = TENSORBOARD_IMAGES_PER_TAG) -> set[in
 def hparam_columns(config: dict[str, Any]) -> dict[str, Any]:
     """The HParams columns of every run: vizkit.train's settings, the model and its normalisation, and a
     hand-written loop's own config keys, each as a value of its type."""
-    settings = {k: v for k, v in dataclasses.asdict(TrainConfig()).items() if k not in ("data_dir", "run_dir")}
-    return {k: _plain(v) for k, v in {**settings, "model": "", "mean": "", "std": "", **config}.items()}
+    columns = {**dataclasses.asdict(TrainConfig()), "model": "", "mean": "", "std": "", **config}
+    return {k: _plain(v) for k, v in columns.items() if k not in ("data_dir", "run_dir")}  # where it ran: no column
 
 
 def _plain(value: Any) -> Any:
     return value if isinstance(value, (bool, int, float, str)) else str(value)
+
+
+def _pickled(payload: dict[str, Any]) -> bytes:
+    buffer = io.BytesIO()
+    torch.save(payload, buffer)
+    return buffer.getvalue()
 
 
 def save_png(fig: Figure, path: Path) -> None:
@@ -197,25 +205,36 @@ class Checkpoints:
 
     @classmethod
     def resumed(cls, run_dir: Path, state: dict[str, Any], keep_epochs: bool) -> Checkpoints:
-        """Going on from last.pth's resume state (or from nothing: {})."""
-        return cls(run_dir, state.get("best_epoch", 0), state.get("best_val_accuracy", -math.inf), keep_epochs)
+        """Going on from last.pth's resume state (or from nothing: {}). A kill between last.pth and best.pth
+        leaves best.pth an epoch behind the best that last.pth names: it is written again, from last.pth."""
+        best_epoch = state.get("best_epoch", 0)
+        history = state.get("history") or [{}]
+        if best_epoch and best_epoch == history[-1].get("epoch") and (run_dir / rundir.BEST).is_file():
+            if read_checkpoint(run_dir / rundir.BEST)["epoch"] != best_epoch:
+                last = read_checkpoint(run_dir / rundir.LAST)
+                atomic_write_bytes(run_dir / rundir.BEST, _pickled({k: v for k, v in last.items() if k != "resume"}))
+        return cls(run_dir, best_epoch, state.get("best_val_accuracy", -math.inf), keep_epochs)
 
     def save(self, model: nn.Module, fields: dict[str, Any], history: list[dict], resume: dict | None) -> None:
         """best.pth if this epoch is the best and, last, last.pth: once it names an epoch, that epoch is whole."""
         row = history[-1]
         fields["val_accuracy"] = row.get("val_accuracy")
         score = epoch_score(row.get("val_accuracy"), row.get("val_loss"))
-        if is_best(score, self.best_score):
+        best = is_best(score, self.best_score)
+        if best:
             self.best_epoch, self.best_score = fields["epoch"], score
-            save_checkpoint(self.dir / rundir.BEST, model, **fields)
         if self.keep_epochs:
             path = rundir.epoch_file(self.dir, fields["epoch"])
             path.parent.mkdir(exist_ok=True)
             save_checkpoint(path, model, **fields)
+        state = None
         if resume is not None:  # what --resume continues from; `logs`: how much of each event log is this epoch's
-            fields["resume"] = {**resume, "history": history, "best_val_accuracy": self.best_score,
-                                "best_epoch": self.best_epoch, "logs": rundir.log_sizes(self.dir)}  # fmt: skip
-        save_checkpoint(self.dir / rundir.LAST, model, **fields)
+            state = {**resume, "history": history, "best_val_accuracy": self.best_score,
+                     "best_epoch": self.best_epoch, "logs": rundir.log_sizes(self.dir)}  # fmt: skip
+        # last.pth first: it names the best epoch, and resumed() rewrites a best.pth a kill left behind
+        save_checkpoint(self.dir / rundir.LAST, model, **fields, **({"resume": state} if state else {}))
+        if best:
+            save_checkpoint(self.dir / rundir.BEST, model, **fields)
 
     def load_best(self, model: nn.Module) -> None:
         """Put best.pth's weights into the model (the runner evaluates the best epoch, not the last)."""
@@ -298,6 +317,18 @@ def metrics_record(
     }  # fmt: skip
 
 
+def begin(run: Run) -> None:
+    """A new run's first records: what its model lacks, a copy of its code, the summary, config and graph."""
+    say_what_is_missing(display_name(run.spec) or type(run.model).__name__, run.graph)
+    if run.rec.fields["model_source"]:  # a copy of the user's code, for the record (never imported from here)
+        rundir.copy_source(run.dir, Path(run.rec.fields["model_source"]["path"]))
+    shown = {**run.config, "mean": run.rec.mean, "std": run.rec.std}  # the normalisation used, not `[]`
+    run.writer.text("model/summary", "```\n" + run.summary + "\n```")
+    run.writer.text("config", "```\n" + dict_to_toml(shown) + "```")
+    if run.full:
+        run.traced = run.writer.graph(run.model, run.sample[:FEATURE_IMAGES])  # else the ONNX graph
+
+
 class Run:
     """A run directory that a training loop reports to: event logs, checkpoints, ONNX, metrics and curves.
 
@@ -353,17 +384,11 @@ class Run:
         self.traced, self.finished = True, None
         self._mark = time.perf_counter()  # an epoch's seconds, when the loop gives none: since the last epoch()
         if resume is None:
-            self._start()
-
-    def _start(self) -> None:
-        say_what_is_missing(display_name(self.spec) or type(self.model).__name__, self.graph)
-        if self.rec.fields["model_source"]:  # a copy of the user's code, for the record (never imported from here)
-            rundir.copy_source(self.dir, Path(self.rec.fields["model_source"]["path"]))
-        shown = {**self.config, "mean": self.rec.mean, "std": self.rec.std}  # the normalisation used, not `[]`
-        self.writer.text("model/summary", "```\n" + self.summary + "\n```")
-        self.writer.text("config", "```\n" + dict_to_toml(shown) + "```")
-        if self.full:
-            self.traced = self.writer.graph(self.model, self.sample[:FEATURE_IMAGES])  # else the ONNX graph
+            try:
+                begin(self)
+            except BaseException:  # the lock and the logs go, and a run this made
+                self.__exit__(*sys.exc_info())
+                raise
 
     def __enter__(self) -> Run:
         return self

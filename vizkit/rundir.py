@@ -109,8 +109,9 @@ def reopen(run_dir: Path, log_sizes: dict[str, int] | None) -> None:
     every event log cut to its size then, logs begun since removed, and the temporaries of a killed writer gone.
     None (a last.pth written before vizkit kept sizes) leaves the logs as they are."""
     lock(run_dir)
-    for tmp in remove_stale_temporaries(run_dir):
-        log.info("removed %s, left by a killed writer", tmp.name)
+    for folder in (run_dir, run_dir / EPOCHS, run_dir / EXAMPLES):
+        for tmp in remove_stale_temporaries(folder) if folder.is_dir() else []:
+            log.info("removed %s, left by a killed writer", tmp.name)
     for path in _append_only(run_dir) if log_sizes is not None else []:
         size = log_sizes.get(path.relative_to(run_dir).as_posix())
         if size is None:
@@ -164,8 +165,13 @@ def lock(run_dir: Path) -> None:
     try:
         _try_lock(fd)
     except OSError:
-        holder = os.read(fd, 32).decode(errors="replace").strip() or "?"
-        os.close(fd)
+        try:
+            os.lseek(fd, 0, os.SEEK_SET)
+            holder = os.read(fd, 32).decode(errors="replace").strip() or "?"
+        except OSError:
+            holder = "?"
+        finally:
+            os.close(fd)
         raise VizkitError(
             f"{run_dir} is being written by another process (pid {holder}); wait for it to finish or stop it"
         ) from None
@@ -189,7 +195,9 @@ def _try_lock(fd: int) -> None:
     if os.name == "nt":  # pragma: no cover
         import msvcrt
 
+        os.lseek(fd, 1 << 20, os.SEEK_SET)  # a byte past the pid, which the other process reads
         msvcrt.locking(fd, msvcrt.LK_NBLCK, 1)
+        os.lseek(fd, 0, os.SEEK_SET)
     else:
         import fcntl
 

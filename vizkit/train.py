@@ -11,6 +11,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import errno
+import logging
 import os
 import sys
 from pathlib import Path
@@ -107,6 +108,8 @@ def resolve_config(args: argparse.Namespace) -> TrainConfig:
     return dataclasses.replace(cfg, model=absolute_spec(cfg.model), dataset=dataset)
 
 
+log = logging.getLogger(__name__)
+
 DISK_ERRORS = (errno.ENOSPC, errno.EDQUOT, errno.EIO, errno.EROFS, errno.EFBIG)
 RESUME_MAY_CHANGE = ("device", "data_dir", "run_dir", "model")  # where it runs, and --model (checked above)
 
@@ -168,6 +171,16 @@ def main(argv: list[str] | None = None) -> int:
 def train_main(
     cfg: TrainConfig, d: Dist, device: torch.device, resume_dir: Path | None, named_model: bool = True
 ) -> int:
+    if resume_dir is None or not d.main:
+        return _train(cfg, d, device, resume_dir, named_model)
+    rundir.lock(resume_dir)  # before last.pth is read: a second --resume of the run stops here, in one line
+    try:
+        return _train(cfg, d, device, resume_dir, named_model)
+    finally:
+        rundir.release(resume_dir)
+
+
+def _train(cfg: TrainConfig, d: Dist, device: torch.device, resume_dir: Path | None, named_model: bool) -> int:
     # before any model code is imported: a resumed run's code must pass the trust rule
     resume = load_resume(resume_dir, cfg, named_model) if resume_dir else None
     if cfg.batch_size % d.world:
@@ -225,13 +238,20 @@ def open_run_dir(
     if resume_dir:
         if d.main:
             state = resume["resume"] if resume else {"logs": {}}  # no epoch finished: everything starts again
+            if state.get("logs") is None:
+                log.warning("%s was written by an older vizkit: what it logged after epoch %s stays in its "
+                            "event logs, and may show twice", resume_dir, resume["epoch"])  # fmt: skip
             rundir.reopen(resume_dir, state.get("logs"))
         return resume_dir, cfg
     made = str(rundir.create(cfg.run_dir, display_name(cfg.model))) if d.main else ""
     run_dir = Path(distributed.broadcast_text(d, made))
     cfg = dataclasses.replace(cfg, run_dir=str(run_dir))
     if d.main:
-        rundir.write_config(run_dir, cfgmod.to_toml(cfg))
+        try:
+            rundir.write_config(run_dir, cfgmod.to_toml(cfg))
+        except OSError:
+            rundir.discard(run_dir)  # a run with no config.toml can be neither resumed nor reused
+            raise
     return run_dir, cfg
 
 

@@ -35,6 +35,7 @@ def checkpoints(target: Path) -> list[Path]:
     if target.is_file():
         return [target]
     found = [target / n for n in rundir.CHECKPOINTS if (target / n).is_file()]
+    found += [rundir.epoch_file(target, n) for n in rundir.epochs_in(target)]  # features --epoch N opens these
     if not found:
         raise VizkitError(f"{target} is not a run directory with best.pth or last.pth, nor a .pth file")
     return found

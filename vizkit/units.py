@@ -89,22 +89,29 @@ def receptive_fields(model: nn.Module, graph: Graph, input_shape: list[int] | tu
     windows = _windows(model, graph)
     shapes = {s.name: s.shape for s in graph.steps}
     shapes["input"] = tuple(input_shape)
-    fields: dict[str, Field] = {"input": Field(1, 1, 0.0)}
+    fields: dict[str, Field | None] = {"input": Field(1, 1, 0.0)}
     for step in graph.steps:
-        before = [fields[i] for i in step.inputs if i in fields] or [fields["input"]]
+        before = [fields.get(i) for i in step.inputs if i in fields] or [fields["input"]]
+        if any(f is None for f in before):  # after a step whose geometry is unknown, so is this one's
+            fields[step.name] = None
+            continue
         size, jump, start = max(f.size for f in before), max(f.jump for f in before), before[0].start
+        source = next((shapes[i] for i in step.inputs if len(shapes.get(i, ())) == 3), None)
         window = windows.get(step.name)
         if window is not None:
             k, s, d, pad = window
             start += ((d * (k - 1)) / 2 - pad) * jump
             size, jump = size + (d * (k - 1)) * jump, jump * s
-        elif not step.maps:  # flatten, a Linear, global pooling: the whole map it reads
-            source = next((shapes[i] for i in step.inputs if len(shapes.get(i, ())) == 3), None)
+        elif not step.maps or step.shape[1:] == (1, 1):  # flatten, a Linear, global pooling: the whole map it reads
             if source is not None:
-                size += (max(source[1:]) - 1) * jump
+                start += (max(source[1:]) - 1) / 2 * jump
+                size, jump = size + (max(source[1:]) - 1) * jump, jump * max(source[1:])
+        elif source is not None and step.shape[1:] != source[1:]:  # resizes maps in a way not known here
+            fields[step.name] = None
+            continue
         fields[step.name] = Field(size, jump, start)
     del fields["input"]
-    return fields
+    return {name: f for name, f in fields.items() if f is not None}
 
 
 def _windows(model: nn.Module, graph: Graph) -> dict[str, tuple[int, int, int, int]]:
@@ -238,8 +245,8 @@ def dataset_examples(
 
     input_shape = list(images.shape[1:])
     name = forward_graph(model, input_shape).resolve(layer).name
-    net = Normalized(model, mean, std)
     device = next((p.device for p in model.parameters()), torch.device("cpu"))
+    net = Normalized(model, mean, std).to(device)  # its mean and std where the images go
     peaks, places = [], []
     with capture(model, [name], input_shape) as out:
         for i in range(0, len(images), batch):

@@ -55,13 +55,13 @@ EPOCH_TAGS = {  # a history row's key -> (sub-run, tag): train and val curves sh
 
 
 class _Events:
-    """tensorboardX's EventFileWriter without its thread. The file name carries the pid: a resumed run
-    started in the second its killed process began a log would otherwise write over that log."""
+    """tensorboardX's EventFileWriter without its thread."""
 
     def __init__(self, logdir: str) -> None:
         os.makedirs(logdir, exist_ok=True)
         self._logdir = logdir
-        self._events = EventsWriter(os.path.join(logdir, "events"), f".{os.getpid()}")
+        # within one second, by the nanosecond the log began, then the pid: a new log never takes an old one's name
+        self._events = EventsWriter(os.path.join(logdir, "events"), f".{time.time_ns()}.{os.getpid()}")
         self._failed = False
 
     def get_logdir(self) -> str:

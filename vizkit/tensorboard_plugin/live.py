@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import base64
 import io
+import logging
 import threading
 import time
 from dataclasses import dataclass
@@ -25,6 +26,9 @@ from vizkit.tiles import to_levels, viridis
 from vizkit.units import model_map
 
 MAX_BARS = 1024  # units drawn for a fully connected layer (the rest are summarised by the range)
+
+
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -46,6 +50,16 @@ def open_run(checkpoint: Path, logdir: Path | None = None) -> Loaded:
     return Loaded(model, ckpt, checkpoint, threading.Lock())
 
 
+def _map(loaded: Loaded) -> dict[str, Any]:
+    """units.model_map by step name; a model whose FLOPs cannot be counted still opens, without them."""
+    try:
+        rows = model_map(loaded.model, loaded.ckpt["input_shape"])
+    except Exception as exc:
+        log.info("vizkit: no map of %s (%s)", loaded.checkpoint, exc)
+        return {}
+    return {r.name: {"receptive_field": r.receptive_field, "flops": r.flops, "params": r.params} for r in rows}
+
+
 def describe(loaded: Loaded) -> dict[str, Any]:
     ckpt = loaded.ckpt
     return {
@@ -60,12 +74,8 @@ def describe(loaded: Loaded) -> dict[str, Any]:
         "digits": ckpt.get("dataset") == "mnist",  # the page says "digit" only then
         "mean": list(ckpt["mean"]),
         "std": list(ckpt["std"]),
-        "viridis": viridis().tobytes().hex(),
-        # each step's receptive field, FLOPs and parameters, for the layer cards' headers (units.model_map)
-        "map": {
-            r.name: {"receptive_field": r.receptive_field, "flops": r.flops, "params": r.params}
-            for r in model_map(loaded.model, ckpt["input_shape"])
-        },  # fmt: skip  # the colour map of vizkit.features and the Images tab, from one table
+        "viridis": viridis().tobytes().hex(),  # the colour map of vizkit.features and the Images tab, from one table
+        "map": _map(loaded),  # each step's receptive field, FLOPs and parameters, for the layer cards' headers
     }
 
 
