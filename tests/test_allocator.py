@@ -59,6 +59,7 @@ def test_while_training_freed_memory_stays_for_the_next_step():
     assert default["mapped"] >= 50_000_000 and default["from_heap"] < MB and not default["kept_after_free"]
 
 
+@pytest.mark.slow  # three processes that import torch
 def test_after_training_the_memory_goes_back_and_glibcs_ceiling_holds():
     # the 40 MB the kept heap held goes back to the system; then glibc's own ceiling (32 MiB): a 40 MB block
     # is mmapped and freed for good, a 20 MB one comes from the heap (glibc at start-up would mmap it)

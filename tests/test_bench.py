@@ -5,7 +5,10 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 REPO = Path(__file__).resolve().parents[1]
+pytestmark = pytest.mark.slow  # each runs a benchmark script in processes of its own: minutes in all
 
 
 def smoke(script: str, out: Path, data_dir: Path) -> tuple[dict, str]:

@@ -66,6 +66,7 @@ def test_bring_your_own_digit(known_run, data_dir, tmp_path):
     assert conv1_tiles_of_one_size(out)
 
 
+@pytest.mark.slow
 def test_attributions_say_something(mnist_run, data_dir):
     model, ckpt = open_checkpoint(mnist_run / "best.pth")
     net = Normalized(model, ckpt["mean"], ckpt["std"]).eval()
@@ -117,6 +118,7 @@ def test_optimized_inputs(data_dir, tmp_path, saved_figures):
     assert all(x.min() > 0.9 for x in shown[::2]) and all(x.max() < 0.1 for x in shown[1::2])
 
 
+@pytest.mark.slow  # test_optimized_inputs has the known answer, quickly
 def test_optimization_excites_its_channel(small_run):
     from vizkit.attribution import optimize_inputs
     from vizkit.hooks import capture

@@ -49,6 +49,7 @@ def test_conv1_grid_for_a_test_image(known_run, data_dir, capsys, saved_figures)
     assert np.array_equal(panels(fig)["input"].images[0].get_array(), (test.images[3, 0].float() / 255).numpy())
 
 
+@pytest.mark.slow  # 15 figures of the default model; test_channel_count_in_each_title draws --layer all quickly
 def test_all_layers_have_their_channel_counts(small_run, tmp_path, capsys):
     assert main(["--run", str(small_run), "--layer", "all", "--out", str(tmp_path)]) == 0
     written = sorted(p.name for p in tmp_path.iterdir())

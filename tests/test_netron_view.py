@@ -34,7 +34,12 @@ def wait_for_url(proc: subprocess.Popen, timeout: float = 90) -> str:
     raise AssertionError(f"no URL printed; stderr: {proc.stderr.read()}")
 
 
-@pytest.mark.parametrize("target", ["model.onnx", "best.pth", "."], ids=["onnx", "checkpoint", "run-dir"])
+# a checkpoint is exported to ONNX first, in the served process (test_checkpoint_is_exported_to_a_temporary_file
+# checks that export on its own, quickly)
+CHECKPOINT = pytest.param("best.pth", marks=pytest.mark.slow, id="checkpoint")
+
+
+@pytest.mark.parametrize("target", ["model.onnx", CHECKPOINT, "."], ids=["onnx", "checkpoint", "run-dir"])
 def test_serves_the_model_and_stops_on_ctrl_c(small_run, target):
     cmd = [sys.executable, "-m", "vizkit.netron_view", str(small_run / target), "--no-browser"]
     # SIGINT as a terminal gives it: a shell runs background jobs with SIGINT ignored, and Python keeps that

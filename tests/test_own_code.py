@@ -144,6 +144,7 @@ def examples_run(data_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Pa
     return run
 
 
+@pytest.mark.slow
 def test_pytorch_examples_net_every_step_in_every_command(examples_run, data_dir, tmp_path, monkeypatch, capsys):
     run = examples_run
     ckpt = read_checkpoint(run / "best.pth")
@@ -195,6 +196,7 @@ def test_pytorch_examples_net_every_step_in_every_command(examples_run, data_dir
     assert "relu_1" in (run / "report.html").read_text()  # the model summary's rows: every step
 
 
+@pytest.mark.slow
 def test_a_residual_model_shows_its_additions(data_dir, tmp_path, monkeypatch, capsys):
     code = tmp_path / "code"
     code.mkdir()
@@ -227,6 +229,7 @@ def test_a_residual_model_shows_its_additions(data_dir, tmp_path, monkeypatch, c
     assert answer["cam"]["layer"] == "relu_2"  # the last conv's BatchNorm, the addition, then its ReLU
 
 
+@pytest.mark.slow
 def test_tutorial_004_returning_a_tuple_trains_and_opens(data_dir, tmp_path, monkeypatch, capsys):
     code = tmp_path / "code"
     code.mkdir()
@@ -263,6 +266,7 @@ def make_digit_folder(data_dir: Path, root: Path) -> Path:
     return root
 
 
+@pytest.mark.slow
 def test_a_folder_of_images_trains_and_opens_with_its_class_names(data_dir, tmp_path, monkeypatch, capsys):
     folder = make_digit_folder(data_dir, tmp_path / "digits")
     run = tmp_path / "runs" / "folder"

@@ -4,6 +4,7 @@ import sys
 from pathlib import Path
 
 import numpy as np
+import pytest
 from photos import digit_photo
 from PIL import Image
 
@@ -22,6 +23,7 @@ def make_photos(folder: Path, data_dir: Path, n: int = 5) -> list[int]:
     return test.labels[:n].tolist()
 
 
+@pytest.mark.slow
 def test_json_lines_for_a_folder(mnist_run, data_dir, tmp_path, capsys):
     labels = make_photos(tmp_path / "photos", data_dir)
     assert main(["--run", str(mnist_run), "--json", str(tmp_path / "photos")]) == 0
@@ -31,6 +33,7 @@ def test_json_lines_for_a_folder(mnist_run, data_dir, tmp_path, capsys):
     assert sum(r["prediction"] == y for r, y in zip(rows, labels, strict=True)) >= 4
 
 
+@pytest.mark.slow
 def test_text_output_and_figure(mnist_run, data_dir, tmp_path, capsys):
     make_photos(tmp_path / "photos", data_dir, n=2)
     fig = tmp_path / "fig.png"
@@ -49,6 +52,7 @@ def test_bad_image_is_one_line(small_run, tmp_path, capsys):
     assert len(err.splitlines()) == 1 and "x.jpg" in err
 
 
+@pytest.mark.slow
 def test_end_to_end_subprocess(mnist_run, data_dir, tmp_path):
     make_photos(tmp_path / "photos", data_dir, n=1)
     cmd = [sys.executable, "-m", "vizkit.predict", "--run", str(mnist_run), str(tmp_path / "photos" / "digit0.jpg")]

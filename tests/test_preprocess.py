@@ -29,6 +29,7 @@ def test_output_is_mnist_like():
     assert abs((ys * out).sum() / out.sum() - 13.5) <= 1 and abs((xs * out).sum() / out.sum() - 13.5) <= 1
 
 
+@pytest.mark.slow
 def test_photos_of_test_digits_are_read_right(mnist_run, data_dir):
     """A model at about 98.5% on MNIST stays above 95% on photos; the tutorials' resize does not."""
     model, ckpt = open_checkpoint(mnist_run / "best.pth")

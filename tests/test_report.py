@@ -5,6 +5,7 @@ import sys
 from html.parser import HTMLParser
 from pathlib import Path
 
+import pytest
 from PIL import Image
 
 from vizkit.report import main
@@ -60,6 +61,7 @@ def test_one_run(small_run, tmp_path, capsys):
     assert all(link.startswith("data:") for link in page.links)
 
 
+@pytest.mark.slow
 def test_comparison_of_two_runs(small_run, mnist_run, tmp_path):
     out = tmp_path / "c.html"
     cmd = [sys.executable, "-m", "vizkit.report", str(small_run), str(mnist_run), "--out", str(out)]

@@ -22,6 +22,7 @@ from vizkit.checkpoint import read_checkpoint
 from vizkit.train import main
 
 REPO = Path(__file__).resolve().parents[1]
+pytestmark = pytest.mark.slow  # real training processes, signals and kills: minutes
 
 
 def train_args(data_dir: Path, run_dir: Path) -> list[str]:

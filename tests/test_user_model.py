@@ -113,6 +113,7 @@ def one_line_error(capsys, code: int) -> str:
     return lines[0]
 
 
+@pytest.mark.slow
 def test_tutorial_004_model_trains_and_logs_its_own_layer_names(user_runs):
     run = user_runs / "cnn"
     ckpt = read_checkpoint(run / "best.pth")
@@ -133,6 +134,7 @@ def test_tutorial_004_model_trains_and_logs_its_own_layer_names(user_runs):
     assert np.abs(got - want).max() < 1e-4
 
 
+@pytest.mark.slow
 def test_nested_model_with_functional_relu_and_model_args(user_runs, caplog, data_dir, tmp_path):
     ckpt = read_checkpoint(user_runs / "tiny" / "best.pth")
     assert ckpt["model_args"] == {"width": 4}
@@ -148,6 +150,7 @@ def test_nested_model_with_functional_relu_and_model_args(user_runs, caplog, dat
     assert not [r.getMessage() for r in caplog.records if "ReLU" in r.getMessage()]  # nothing missing to say
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("run_name, layer", [("cnn", "conv1.0"), ("tiny", "stem.1.conv")])
 def test_every_command_opens_a_user_model_run(user_runs, data_dir, tmp_path, capsys, run_name, layer):
     run = str(user_runs / run_name)
@@ -169,13 +172,17 @@ def test_every_command_opens_a_user_model_run(user_runs, data_dir, tmp_path, cap
 
 
 @pytest.fixture(scope="module")
-def bare(user_runs, tmp_path_factory):
-    """What a hand-written loop saves: torch.save(model.state_dict()), and a dict that holds one."""
+def bare(tmp_path_factory):
+    """What a hand-written loop saves: torch.save(model.state_dict()), and a dict that holds one, beside the
+    model's file. The weights are tutorial 004's CNN as built: opening a file needs no training."""
     root = tmp_path_factory.mktemp("bare")
-    state = read_checkpoint(user_runs / "cnn" / "best.pth")["state_dict"]
+    (root / "my_cnn.py").write_text(TUTORIAL_004 + MARK)
+    code = {}
+    exec(TUTORIAL_004, code)  # the class, without importing the file (MARK would write beside it)
+    torch.manual_seed(0)
+    state = code["CNN"]().state_dict()
     torch.save(state, root / "cnn.pk")
     torch.save({"epoch": 3, "model_state_dict": state, "optimizer": {}}, root / "wrapped.pth")
-    shutil.copy(user_runs / "code" / "my_cnn.py", root / "my_cnn.py")
     return root
 
 
@@ -217,6 +224,7 @@ def test_a_bare_state_dict_says_which_normalisation_it_assumes(bare, data_dir, t
     assert predict.main([*ck, "--std", "nan", photo]) == 2 and "std > 0" in capsys.readouterr().err
 
 
+@pytest.mark.slow
 def test_a_copied_run_whose_source_is_gone_or_changed_runs_no_code(user_runs, tmp_path, capsys, data_dir):
     code = tmp_path / "code"
     shutil.copytree(user_runs / "code", code)
@@ -324,7 +332,8 @@ def test_bad_checkpoints_for_user_models_are_one_line(bare, tmp_path, capsys):
     assert "holds no state dict" in line
 
 
-def test_user_model_end_to_end_as_a_subprocess(user_runs, tmp_path, data_dir):
+@pytest.mark.slow
+def test_user_model_end_to_end_as_a_subprocess(tmp_path, data_dir):
     """One real command line from outside the repository, as a person types it."""
     (tmp_path / "my_cnn.py").write_text(TUTORIAL_004)
     cmd = [sys.executable, "-m", "vizkit.train", "--model", "my_cnn.py:CNN", "--limit-train", "300", "--epochs", "1",
@@ -365,6 +374,7 @@ def forged_run(
     return run
 
 
+@pytest.mark.slow
 def test_a_checkpoint_cannot_name_code_outside_the_persons_own_files(user_runs, tmp_path, capsys):
     import os
 
@@ -384,6 +394,7 @@ def test_a_checkpoint_cannot_name_code_outside_the_persons_own_files(user_runs, 
     assert not marker.exists()
 
 
+@pytest.mark.slow
 def test_resume_imports_only_what_last_pth_recorded(user_runs, tmp_path, capsys):
     marker = tmp_path / "pwned"
     run = tmp_path / "run"
@@ -431,6 +442,7 @@ def test_optimize_inputs_leaves_no_gradient_on_the_model():
     assert all(p.grad is None for p in model.parameters())
 
 
+@pytest.mark.slow
 def test_resume_and_torchrun_work_for_a_user_model(user_runs, data_dir, tmp_path):
     """Ctrl-C after the first epoch, then --resume (in-process), and two torchrun processes, on tutorial 004's
     model from its own file."""
