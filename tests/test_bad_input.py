@@ -168,7 +168,9 @@ CASES = {
 
 
 def snapshot(root: Path) -> dict[str, tuple[int, int]]:
-    return {str(p): (p.stat().st_size, p.stat().st_mtime_ns) for p in root.rglob("*") if p.is_file()}
+    """Every file as it is, but a run's .lock, which a refused --resume held (and wrote its pid into) meanwhile."""
+    files = (p for p in root.rglob("*") if p.is_file() and p.name != ".lock")
+    return {str(p): (p.stat().st_size, p.stat().st_mtime_ns) for p in files}
 
 
 @pytest.mark.parametrize("case", list(CASES))
