@@ -49,9 +49,10 @@ def test_one_run(small_run, tmp_path, capsys):
     assert capsys.readouterr().out.strip() == str(out)
     page = parse(out)
     for heading in ("Final metrics", "Config", "Curves", "Confusion matrix", "Top losses", "Feature maps",
-                    "conv1", "conv2", "conv3", "Kernels of conv1", "Model summary"):  # fmt: skip
+                    "conv1", "conv2", "conv3", "Kernels of conv1", "What each channel of conv3 responds to",
+                    "Model summary"):  # fmt: skip
         assert heading in page.headings, heading
-    assert len(page.images) == 7  # curves, confusion, top losses, 3 feature grids, kernels
+    assert len(page.images) == 8  # curves, confusion, top losses, 3 feature grids, kernels, conv3's examples
     for alt, src in page.images:
         assert src.startswith("data:image/png;base64,"), alt
     with Image.open(io.BytesIO(base64.b64decode(page.images[0][1].split(",", 1)[1]))) as img:
