@@ -103,7 +103,10 @@ def test_checkpoint_is_exported_to_a_temporary_file(known_run, tmp_path):
     assert logits.shape == (3, 10) and np.allclose(logits, want, atol=1e-6)
 
 
-@pytest.mark.parametrize("days_ahead", [0, 400], ids=["today", "netron-older-than-180-days"])
+AGED = pytest.param(400, marks=pytest.mark.slow, id="netron-older-than-180-days")  # a second browser, same page
+
+
+@pytest.mark.parametrize("days_ahead", [0, AGED], ids=["today", "netron-older-than-180-days"])
 def test_netron_page_opens_on_the_graph_and_stays_offline(small_run, days_ahead):
     """Stock Netron asks ipinfo.io, shows a cookie prompt, reports to Google Analytics, and past 180 days
     loops on 'Please update'; vizkit's page does none of it, in a real browser."""

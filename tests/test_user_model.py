@@ -186,7 +186,7 @@ def bare(tmp_path_factory):
     return root
 
 
-@pytest.mark.parametrize("name", ["cnn.pk", "wrapped.pth"])
+@pytest.mark.parametrize("name", ["cnn.pk", pytest.param("wrapped.pth", marks=pytest.mark.slow)])  # same commands
 def test_bare_state_dict_opens_in_every_command(bare, data_dir, tmp_path, capsys, name):
     ck = ["--checkpoint", str(bare / name), "--model", f"{bare}/my_cnn.py:CNN"]
     assert (
