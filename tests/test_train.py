@@ -32,7 +32,14 @@ def test_run_directory_holds_everything(small_run):
     # hparams did not open a subfolder (features/ comes from vizkit.features, when its tests ran first)
     # (features/ comes from vizkit.features, 0000N/ holds the projector's embedding)
     # train/ and val/ are the sub-runs whose curves share a chart
-    assert {p.name for p in small_run.iterdir() if p.is_dir()} <= {"features", "00002", "train", "val"}
+    assert {p.name for p in small_run.iterdir() if p.is_dir()} <= {
+        "features",
+        "00002",
+        "train",
+        "val",
+        "examples",
+        "epochs",
+    }
     assert tomllib.loads((small_run / "config.toml").read_text())["run_dir"] == str(small_run)
 
 

@@ -130,8 +130,8 @@ def test_training_logs_every_conv_steps_examples(small_run, data_dir, capsys):
 
     ea = EventAccumulator(str(small_run), size_guidance={"images": 0})
     ea.Reload()
-    assert {"examples/conv1", "examples/conv2", "examples/conv3"} <= set(ea.Tags()["images"])
-    assert ea.Images("examples/conv3")[0].step == 2  # the last epoch's, as the other evaluation images
+    assert {"top_images/conv1", "top_images/conv2", "top_images/conv3"} <= set(ea.Tags()["images"])
+    assert ea.Images("top_images/conv3")[0].step == 2  # the last epoch's, as the other evaluation images
     logged = json.loads((small_run / "examples" / "conv2.json").read_text())
     argv = ["--run", str(small_run), "--layer", "conv2", "--examples", "8", "--json", "--data-dir", str(data_dir)]
     assert features.main(argv) == 0

@@ -289,7 +289,7 @@ def log_examples(
         picture = examples_image(pixels, ex.top, ex.bottom, boxes, None, title)
         write_png(rundir.examples_file(run_dir, name), picture)
         atomic_write_text(rundir.examples_file(run_dir, name, ".json"), json.dumps(ex.as_json()) + "\n")
-        writer.image(f"examples/{name}", picture, step)
+        writer.image(f"top_images/{name}", picture, step)  # after features/: TensorBoard opens the first two groups
 
 
 def say_what_is_missing(name: str, graph: Graph) -> None:
