@@ -13,6 +13,12 @@
    (hooks.capture, what it did before, which sees no functional step), interleaved; medians and their ratio.
 3. TensorBoard's start-up with vizkit installed against without it, side by side (interleaved, in fresh
    processes): the seconds until the server answers /data/plugins_listing, and whether torch was imported.
+4. A channel's card (channel.card) for the default model and a drawing, as the pointer moves over the map of
+   conv1, conv2 and conv3 (a new unit each time: its arithmetic, receptive field, kernels), beside the page's
+   own update on the same input (the baseline). Target: at most 50 ms on the server.
+5. The epoch slider: the server's answer to a move onto an epoch it has not opened yet (the plugin opens
+   epochs/epoch-N.pth, then the update) and onto one it has (the update alone), beside an update at the
+   epoch already shown (the baseline). Target: at most 100 ms.
 """
 
 from __future__ import annotations
@@ -23,6 +29,7 @@ import io
 import json
 import os
 import platform
+import shutil
 import statistics
 import subprocess
 import sys
@@ -34,6 +41,7 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 RESULTS = REPO / "experiments" / "results"
 TARGET_MS = 50.0
+SWITCH_TARGET_MS = 100.0
 
 START = r"""
 import sys, time, urllib.request
@@ -154,6 +162,75 @@ def time_capture(repeats: int) -> dict:
             "ratio_graph_over_hooks": round(medians["graph"] / medians["hooks"], 3)}  # fmt: skip
 
 
+def _stats(times: list[float]) -> dict:
+    times = sorted(times)
+    return {"median_ms": round(statistics.median(times), 2), "p90_ms": round(times[int(0.9 * (len(times) - 1))], 2)}
+
+
+def time_card(data_dir: str, updates: int) -> dict:
+    """The card's update at a new unit each time, per conv step, beside the page's update (interleaved)."""
+    from vizkit.tensorboard_plugin import channel, live
+
+    with tempfile.TemporaryDirectory() as tmp:
+        Path(tmp, "default").mkdir()
+        loaded = live.open_run(checkpoint(Path(tmp, "default"), "vizkit", data_dir))
+        drawing = {"source": "draw", "image": drawing_png()}
+        results: dict[str, dict] = {}
+        times: dict[str, list[float]] = {"update (baseline)": [], "card conv1": [], "card conv2": [], "card conv3": []}
+        sides = {"conv1": 28, "conv2": 14, "conv3": 7}
+        for _ in range(5):
+            live.update(loaded, drawing)
+            for layer in sides:
+                channel.card(loaded, {**drawing, "layer": layer, "channel": 0})
+        for i in range(updates):
+            t0 = time.perf_counter()
+            live.update(loaded, drawing)
+            times["update (baseline)"].append(1000 * (time.perf_counter() - t0))
+            for layer, side in sides.items():
+                row, col = (i * 7) % side, (i * 3) % side  # the pointer somewhere new
+                t0 = time.perf_counter()
+                answer = channel.card(loaded, {**drawing, "layer": layer, "channel": i % 16, "row": row, "col": col})
+                times[f"card {layer}"].append(1000 * (time.perf_counter() - t0))
+                sums = answer["arithmetic"]
+                assert abs(sums["value"] - sums["forward"]) < 1e-4, (layer, row, col)  # the card still agrees
+        for name, t in times.items():
+            results[name] = _stats(t)
+    return results
+
+
+def time_epoch_switch(data_dir: str, epochs: int) -> dict:
+    """A run keeping `epochs` epochs' weights behind TensorBoard's plugin object: each epoch opened the first time
+    the slider reaches it, then again once opened, beside an update at the epoch shown."""
+    from tensorboard.plugins import base_plugin
+
+    from vizkit import rundir
+    from vizkit.tensorboard_plugin import live
+    from vizkit.tensorboard_plugin.plugin import VizkitPlugin
+
+    with tempfile.TemporaryDirectory() as tmp:
+        run = Path(tmp, "run")
+        (run / rundir.EPOCHS).mkdir(parents=True)
+        best = checkpoint(run, "vizkit", data_dir)
+        for n in range(1, epochs + 1):
+            shutil.copy2(best, rundir.epoch_file(run, n))
+        plugin = VizkitPlugin(base_plugin.TBContext(logdir=tmp))
+        drawing = {"source": "draw", "image": drawing_png()}
+        shown = plugin._open("run")
+        for _ in range(5):
+            live.update(shown, drawing)
+        times: dict[str, list[float]] = {"update at the epoch shown (baseline)": [], "to an epoch not opened yet": [],
+                                         "to an epoch opened before": []}  # fmt: skip
+        for n in range(1, epochs + 1):
+            for name in ("to an epoch not opened yet", "to an epoch opened before"):
+                t0 = time.perf_counter()
+                live.update(plugin._open("run", n), drawing)
+                times[name].append(1000 * (time.perf_counter() - t0))
+            t0 = time.perf_counter()
+            live.update(shown, drawing)
+            times["update at the epoch shown (baseline)"].append(1000 * (time.perf_counter() - t0))
+        return {name: _stats(t) for name, t in times.items()}
+
+
 def time_startup(repeats: int) -> dict:
     with tempfile.TemporaryDirectory() as logdir:
         Path(logdir, "run").mkdir()
@@ -191,6 +268,8 @@ def main(argv: list[str] | None = None) -> int:
     updates = time_updates(args.data_dir, args.updates)
     captured = time_capture(max(5, args.updates // 4))
     startup = time_startup(args.repeats)
+    card = time_card(args.data_dir, max(5, args.updates // 2))
+    switch = time_epoch_switch(args.data_dir, 5 if args.smoke else 20)
     report = {
         "date": datetime.now().isoformat(timespec="seconds"),
         "machine": {"cores": os.cpu_count(), "torch_threads": torch.get_num_threads(), "torch": torch.__version__,
@@ -199,6 +278,10 @@ def main(argv: list[str] | None = None) -> int:
         "update_target_ms": TARGET_MS,
         "capture": captured,
         "startup": startup,
+        "card": card,
+        "card_target_ms": TARGET_MS,
+        "epoch_switch": switch,
+        "epoch_switch_target_ms": SWITCH_TARGET_MS,
     }  # fmt: skip
     out = Path(args.out) if args.out else RESULTS / f"tab-{datetime.now():%Y%m%d}-cpu{os.cpu_count()}.json"
     out.parent.mkdir(parents=True, exist_ok=True)
@@ -214,6 +297,13 @@ def main(argv: list[str] | None = None) -> int:
     ratio, torch_imported = startup["ratio_with_over_without"], startup["torch_imported_at_start"]
     print(f"tensorboard start-up: {s['without_vizkit']} s without vizkit, {s['with_vizkit']} s with it "
           f"(ratio {ratio}); torch imported: {torch_imported}")  # fmt: skip
+    for what, rows, target in (("card", card, TARGET_MS), ("epoch slider", switch, SWITCH_TARGET_MS)):
+        for name, r in rows.items():
+            verdict = "ok" if r["median_ms"] <= target else "OVER"
+            print(
+                f"{what}, {name}: median {r['median_ms']} ms, p90 {r['p90_ms']} ms  "
+                f"[target <= {target:g} ms: {verdict}]"
+            )
     print(f"results: {out}")
     return 0
 

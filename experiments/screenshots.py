@@ -5,7 +5,8 @@
 
 Starts TensorBoard on 127.0.0.1 in this process, on a log directory holding a copy of the run, and drives
 Debian's Chromium through Playwright (never a downloaded browser): Time Series at smoothing 0, the Images
-tab's feature maps, HParams, and vizkit's tab with a 7 drawn stroke by stroke, on the default model and on
+tab's feature maps, HParams, and vizkit's tab with a 7 drawn stroke by stroke (then a channel's card, and the
+epoch slider dragged back to epoch 1), on the default model and on
 pytorch/examples' mnist Net as its main.py writes it (F.relu, F.max_pool2d, log_softmax), trained for one
 epoch with `--model` (another minute).
 """
@@ -81,6 +82,34 @@ def shoot(url: str, out: Path) -> list[Path]:
         frame.locator("[data-source=draw]").click()
         draw(page, frame, SEVEN)
         written.append(out / "tensorboard-vizkit-tab.png")
+        page.screenshot(path=written[-1])
+
+        # a channel's card: click conv2's tile of channel 5, the pointer on a unit of its map, its top images
+        tiles = frame.locator(".layer[data-layer=conv2] > canvas")
+        tiles.scroll_into_view_if_needed()
+        at = tiles.evaluate("c => c.layout")
+        x, y = (
+            (5 % at["cols"]) * (at["tw"] + 4) + at["tw"] // 2,
+            (5 // at["cols"]) * (at["th"] + 16) + 12 + at["th"] // 2,
+        )
+        tiles.click(position={"x": x, "y": y})
+        frame.locator("#card-sums .total").wait_for(timeout=60_000)
+        area = frame.locator("#card-map").bounding_box()
+        page.mouse.move(area["x"] + 0.45 * area["width"], area["y"] + 0.3 * area["height"])
+        frame.locator("#card-examples figure").nth(8).wait_for(timeout=120_000)
+        page.wait_for_timeout(1000)
+        written.append(out / "tensorboard-vizkit-card.png")
+        page.screenshot(path=written[-1])
+
+        # the epoch slider dragged to epoch 1: every layer, the prediction and the card through epoch 1's weights
+        slider = frame.locator("#epoch").bounding_box()
+        page.mouse.move(slider["x"] + slider["width"] - 4, slider["y"] + slider["height"] / 2)
+        page.mouse.down()
+        page.mouse.move(slider["x"] + 2, slider["y"] + slider["height"] / 2, steps=8)
+        page.mouse.up()
+        frame.locator("#card-examples-note").filter(has_text="epoch 1,").wait_for(timeout=120_000)
+        page.wait_for_timeout(1000)
+        written.append(out / "tensorboard-vizkit-epoch-1.png")
         page.screenshot(path=written[-1])
 
         frame.locator("#run").select_option("pytorch-examples-net")  # the drawing stays: the same 7

@@ -325,9 +325,12 @@ def test_data_dirs(
 
 
 def trained_in(checkpoint: Path) -> Path | None:
-    """The folder a run was presumably trained from: the one above its log directory (`./runs/X/best.pth`)."""
-    parents = checkpoint.resolve().parents
-    return parents[2] if len(parents) > 2 else None
+    """The folder a run was presumably trained from: the one above its log directory (`./runs/X/best.pth`, and
+    `./runs/X/epochs/epoch-3.pth`)."""
+    from vizkit.rundir import run_of
+
+    parents = run_of(checkpoint.resolve()).parents
+    return parents[1] if len(parents) > 1 else None
 
 
 def test_split_of(

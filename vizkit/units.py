@@ -86,7 +86,7 @@ def _padding(value: Any, k: int, d: int) -> int:
 
 def receptive_fields(model: nn.Module, graph: Graph, input_shape: list[int] | tuple[int, ...]) -> dict[str, Field]:
     """Each step's receptive field and jump, from the model's input (size 1, jump 1) down the graph."""
-    windows = _windows(model, graph)
+    found = windows(model, graph)
     shapes = {s.name: s.shape for s in graph.steps}
     shapes["input"] = tuple(input_shape)
     fields: dict[str, Field | None] = {"input": Field(1, 1, 0.0)}
@@ -97,7 +97,7 @@ def receptive_fields(model: nn.Module, graph: Graph, input_shape: list[int] | tu
             continue
         size, jump, start = max(f.size for f in before), max(f.jump for f in before), before[0].start
         source = next((shapes[i] for i in step.inputs if len(shapes.get(i, ())) == 3), None)
-        window = windows.get(step.name)
+        window = found.get(step.name)
         if window is not None:
             k, s, d, pad = window
             start += ((d * (k - 1)) / 2 - pad) * jump
@@ -114,7 +114,8 @@ def receptive_fields(model: nn.Module, graph: Graph, input_shape: list[int] | tu
     return {name: f for name, f in fields.items() if f is not None}
 
 
-def _windows(model: nn.Module, graph: Graph) -> dict[str, tuple[int, int, int, int]]:
+def windows(model: nn.Module, graph: Graph) -> dict[str, tuple[int, int, int, int]]:
+    """(kernel, stride, dilation, padding) of each conv and pooling step, by step name."""
     modules = dict(model.named_modules())
     found = {}
     fx_nodes = {n.name: n for n in graph.module.graph.nodes} if graph.module is not None else {}

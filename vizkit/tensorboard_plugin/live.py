@@ -10,7 +10,7 @@ import io
 import logging
 import threading
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -18,6 +18,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from vizkit import rundir
 from vizkit.checkpoint import open_checkpoint
 from vizkit.errors import VizkitError
 from vizkit.models import display_name
@@ -40,6 +41,7 @@ class Loaded:
     ckpt: dict[str, Any]
     checkpoint: Path
     lock: threading.Lock
+    cache: dict[Any, Any] = field(default_factory=dict)  # what a channel's card works out once (channel.py)
 
 
 def open_run(checkpoint: Path, logdir: Path | None = None) -> Loaded:
@@ -53,7 +55,8 @@ def open_run(checkpoint: Path, logdir: Path | None = None) -> Loaded:
 def _map(loaded: Loaded) -> dict[str, Any]:
     """units.model_map by step name; a model whose FLOPs cannot be counted still opens, without them."""
     try:
-        rows = model_map(loaded.model, loaded.ckpt["input_shape"])
+        with loaded.lock:  # an update's capture swaps the model's forward meanwhile
+            rows = model_map(loaded.model, loaded.ckpt["input_shape"])
     except Exception as exc:
         log.info("vizkit: no map of %s (%s)", loaded.checkpoint, exc)
         return {}
@@ -76,6 +79,7 @@ def describe(loaded: Loaded) -> dict[str, Any]:
         "std": list(ckpt["std"]),
         "viridis": viridis().tobytes().hex(),  # the colour map of vizkit.features and the Images tab, from one table
         "map": _map(loaded),  # each step's receptive field, FLOPs and parameters, for the layer cards' headers
+        "epochs": rundir.epochs_in(rundir.run_of(loaded.checkpoint)),  # the epoch slider's stops
     }
 
 
@@ -90,9 +94,9 @@ def test_images_label(ckpt: dict[str, Any]) -> str | None:
 _test_sets: dict[tuple[str, ...], Any] = {}
 
 
-def test_image(loaded: Loaded, index: int) -> tuple[torch.Tensor, int | None]:
-    """Image `index` of the run's test images (inputs.test_images: its test set where training read it, or the
-    examples a Run kept; nothing is downloaded), as (1, C, H, W) pixels in [0, 1], and its label if known."""
+def test_set(loaded: Loaded) -> Any:
+    """The run's test images (inputs.test_images: its test set where training read it, or the examples a Run kept;
+    nothing is downloaded), read once for every run that reads the same ones."""
     from vizkit.data import trained_in
     from vizkit.inputs import test_images
 
@@ -104,7 +108,12 @@ def test_image(loaded: Loaded, index: int) -> tuple[torch.Tensor, int | None]:
         key = (str(loaded.checkpoint),)
     if key not in _test_sets:
         _test_sets[key] = test_images(ckpt, loaded.checkpoint)
-    test = _test_sets[key]
+    return _test_sets[key]
+
+
+def test_image(loaded: Loaded, index: int) -> tuple[torch.Tensor, int | None]:
+    """Image `index` of the run's test images (test_set), as (1, C, H, W) pixels in [0, 1], and its label if known."""
+    test = test_set(loaded)
     if not 0 <= index < len(test.images):
         n = len(test.images)
         raise VizkitError(f"image {index} is out of range: {test.what} has {n} images (0 to {n - 1})")
@@ -128,9 +137,15 @@ def _bytes(values: np.ndarray) -> str:
     return base64.b64encode(np.ascontiguousarray(values, dtype=np.uint8).tobytes()).decode("ascii")
 
 
+def input_json(pixels: torch.Tensor) -> dict[str, Any]:
+    """What the model saw, (1, C, H, W) in [0, 1], as the page draws it: H x W x C bytes."""
+    c, h, w = pixels.shape[1:]
+    data = _bytes((pixels[0] * 255).round().clamp(0, 255).permute(1, 2, 0).numpy())
+    return {"channels": c, "height": h, "width": w, "data": data}
+
+
 def to_json(result: Probe, pixels: torch.Tensor, classes: list[str]) -> dict[str, Any]:
     """The update as the page draws it: maps as bytes on each layer's own scale, units as numbers."""
-    c, h, w = pixels.shape[1:]
     layers = []
     for layer in result.layers:
         entry: dict[str, Any] = {
@@ -157,12 +172,7 @@ def to_json(result: Probe, pixels: torch.Tensor, classes: list[str]) -> dict[str
         cam = {"layer": result.cam_layer, "data": _bytes((result.cam.clamp(0, 1) * 255).round().numpy())}
     return {
         "ok": True,
-        "input": {
-            "channels": c,
-            "height": h,
-            "width": w,
-            "data": _bytes((pixels[0] * 255).round().clamp(0, 255).permute(1, 2, 0).numpy()),
-        },
+        "input": input_json(pixels),
         "probs": [round(float(p), 6) for p in result.probs],
         "prediction": result.prediction,
         "target": result.target,
@@ -173,21 +183,24 @@ def to_json(result: Probe, pixels: torch.Tensor, classes: list[str]) -> dict[str
     }
 
 
-def update(loaded: Loaded, request: dict[str, Any]) -> dict[str, Any]:
-    """One update of the tab: the input (drawn, a test image, or a photo), the model's pass, JSON out."""
-    started = time.perf_counter()
-    ckpt = loaded.ckpt
+def the_input(loaded: Loaded, request: dict[str, Any]) -> tuple[torch.Tensor, int | None]:
+    """The request's input (a drawing, a test image, or a photo) as (1, C, H, W) pixels, and its label if known."""
     source = request.get("source")
-    label = None
     if source == "test":
         index = request.get("index", 0)
         if isinstance(index, bool) or not isinstance(index, int):
             raise VizkitError("a test image is picked by its number (0, 1, 2, ...)")
-        pixels, label = test_image(loaded, index)
-    elif source in ("draw", "photo"):
-        pixels = image_input(str(request.get("image", "")), ckpt)
-    else:
-        raise VizkitError(f"unknown input source {source!r}: draw, test or photo")
+        return test_image(loaded, index)
+    if source in ("draw", "photo"):
+        return image_input(str(request.get("image", "")), loaded.ckpt), None
+    raise VizkitError(f"unknown input source {source!r}: draw, test or photo")
+
+
+def update(loaded: Loaded, request: dict[str, Any]) -> dict[str, Any]:
+    """One update of the tab: the input (drawn, a test image, or a photo), the model's pass, JSON out."""
+    started = time.perf_counter()
+    ckpt = loaded.ckpt
+    pixels, label = the_input(loaded, request)
     target = request.get("target")
     classes = list(ckpt["classes"])
     if target is not None and (
@@ -202,5 +215,6 @@ def update(loaded: Loaded, request: dict[str, Any]) -> dict[str, Any]:
         )
     answer = to_json(result, pixels, classes)
     answer["label"] = label
+    answer["epoch"] = ckpt.get("epoch")  # which weights answered (the epoch slider's, or best.pth's)
     answer["server_ms"] = round(1000 * (time.perf_counter() - started), 2)
     return answer

@@ -53,7 +53,14 @@ class VizkitPlugin(base_plugin.TBPlugin):
         return base_plugin.FrontendMetadata(es_module_path="/index.js", tab_name="vizkit")
 
     def get_plugin_apps(self) -> dict[str, Any]:
-        return {"/index.js": self._index_js, "/runs": self._runs, "/model": self._model, "/update": self._update}
+        return {
+            "/index.js": self._index_js,
+            "/runs": self._runs,
+            "/model": self._model,
+            "/update": self._update,
+            "/card": self._card,
+            "/examples": self._examples,
+        }
 
     @Request.application
     def _index_js(self, request: Request) -> Response:
@@ -72,14 +79,22 @@ class VizkitPlugin(base_plugin.TBPlugin):
             return None
         return find_runs(self.logdir).get(run)
 
-    def _open(self, run: str) -> Any:
-        """The run's live.Loaded, or a one-line reason (str) why it cannot be shown."""
+    def _open(self, run: str, epoch: Any = None) -> Any:
+        """The run's live.Loaded (its best weights, or those of `epoch` where it keeps them), or a one-line reason
+        (str) why it cannot be shown."""
         folder = self._run_dir(run)
         if folder is None:
             return f"no run named '{run}' under {self.logdir}"
         checkpoint = rundir.checkpoint_in(folder)
         if checkpoint is None:
             return f"{run} has no best.pth or last.pth yet: it shows here after its first epoch"
+        if epoch is not None:
+            kept = rundir.epochs_in(folder)
+            if isinstance(epoch, bool) or epoch not in kept:
+                return f"{run} has no weights of epoch {epoch}; it keeps " + (
+                    f"epochs {', '.join(map(str, kept))}" if kept else "none (trained with keep_epochs false)"
+                )
+            checkpoint = rundir.epoch_file(folder, epoch)
         mtime = checkpoint.stat().st_mtime
         with self._lock:
             cached = self._models.get(checkpoint)
@@ -114,8 +129,8 @@ class VizkitPlugin(base_plugin.TBPlugin):
 
         return _json(live.describe(loaded))
 
-    @Request.application
-    def _update(self, request: Request) -> Response:
+    def _body(self, request: Request) -> dict[str, Any] | Response:
+        """A POST's JSON object, or the response that says why there is none."""
         if request.method != "POST":
             return _json({"ok": False, "reason": "POST a JSON body"}, 405)
         try:  # read at most MAX_BODY + 1 bytes, whatever the request claims (a chunked upload claims nothing)
@@ -130,16 +145,37 @@ class VizkitPlugin(base_plugin.TBPlugin):
             return _json({"ok": False, "reason": "the request was not JSON"}, 400)
         if not isinstance(body, dict):
             return _json({"ok": False, "reason": "the request was not a JSON object"}, 400)
-        loaded = self._open(str(body.get("run", "")))
+        return body
+
+    def _answer(self, request: Request, what: str) -> Response:
+        """An update of the page (live.update) or of a channel's card (channel.card, channel.examples) for the
+        run and epoch the body names; one line where it cannot be given."""
+        body = self._body(request)
+        if isinstance(body, Response):
+            return body
+        loaded = self._open(str(body.get("run", "")), body.get("epoch"))
         if isinstance(loaded, str):
             return _json({"ok": False, "reason": loaded})
         from vizkit.errors import VizkitError, first_line
-        from vizkit.tensorboard_plugin import live
+        from vizkit.tensorboard_plugin import channel, live
 
+        compute = {"update": live.update, "card": channel.card, "examples": channel.examples}[what]
         try:
-            return _json(live.update(loaded, body))
+            return _json(compute(loaded, body))
         except VizkitError as exc:
             return _json({"ok": False, "reason": first_line(exc)})
         except Exception as exc:  # the person's model raised on this input: say so in the tab
-            log.warning("vizkit: an update of %s failed: %s", loaded.checkpoint, first_line(exc))
+            log.warning("vizkit: a %s of %s failed: %s", what, loaded.checkpoint, first_line(exc))
             return _json({"ok": False, "reason": f"the model raised {type(exc).__name__}: {first_line(exc)}"})
+
+    @Request.application
+    def _update(self, request: Request) -> Response:
+        return self._answer(request, "update")
+
+    @Request.application
+    def _card(self, request: Request) -> Response:
+        return self._answer(request, "card")
+
+    @Request.application
+    def _examples(self, request: Request) -> Response:
+        return self._answer(request, "examples")

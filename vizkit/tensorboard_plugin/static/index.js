@@ -34,12 +34,36 @@ const STYLE = `
   .layer h3 .meta { color: #616161; font-weight: 400; }
   .scale { display: flex; align-items: center; gap: 6px; font-size: 12px; color: #555; margin-bottom: 6px; }
   .hint { color: #757575; font-size: 12px; }
+  .layer > canvas { cursor: pointer; }
+  /* the card stays in view beside whatever layer the person scrolled to */
+  #card { position: fixed; right: 12px; top: 56px; width: 470px; max-height: calc(100vh - 72px); overflow: auto;
+          z-index: 2; box-shadow: 0 2px 8px rgba(0, 0, 0, 0.2); box-sizing: border-box; }
+  body.with-card main, body.with-card #layers { margin-right: 490px; }
+  #card h2 { display: flex; justify-content: space-between; align-items: center; }
+  #card h3 { font-size: 13px; margin: 10px 0 4px; font-weight: 500; }
+  #card figure { margin: 0; font-size: 12px; color: #555; }
+  #card .row figure { width: 196px; }
+  #card-map { cursor: crosshair; touch-action: none; }
+  #card-kernels { display: flex; flex-wrap: wrap; gap: 4px; font-size: 10px; color: #555; }
+  #card-kernels figure { text-align: center; font-size: 10px; }
+  #card-sums { font-size: 12px; font-variant-numeric: tabular-nums; }
+  #card-sums table.grid { border-collapse: collapse; display: inline-table; vertical-align: middle; margin: 2px; }
+  #card-sums table.grid td { border: 1px solid #e0e0e0; padding: 0 3px; text-align: right; font-size: 10px; }
+  #card-sums .term { margin: 4px 0; white-space: nowrap; }
+  #card-sums .total { font-weight: 500; }
+  #card-sums .check { color: #2e7d32; }
+  #card-sums .off { color: #b71c1c; }
+  #card-examples { display: flex; flex-wrap: wrap; gap: 6px; }
+  #card-examples figure { text-align: center; font-size: 10px; }
+  #epoch-box input { vertical-align: middle; width: 180px; }
 `;
 
 const RUNS_EVERY_MS = 30000;  // TensorBoard's own reload period
 
 const state = {run: null, model: null, lut: null, source: 'test', index: 0, photo: null, target: null,
-               busy: false, again: false, strokes: [], penWidth: 18, listings: 0, unreachable: false};
+               busy: false, again: false, strokes: [], penWidth: 18, listings: 0, unreachable: false,
+               epoch: null,  // null: the run's best.pth; else an epoch whose weights the run keeps (the slider)
+               card: null, cardBusy: false, cardAgain: false, examplesAsked: 0};  // a channel's card
 
 export async function render() {
   const style = document.createElement('style');
@@ -49,6 +73,8 @@ export async function render() {
     <header>
       <h1>vizkit</h1>
       <label>Run <select id="run"></select></label>
+      <label id="epoch-box" hidden>Epoch <input id="epoch" type="range" min="0" max="0" step="1">
+        <span id="epoch-label"></span></label>
       <span id="status">Looking for runs…</span>
     </header>
     <main>
@@ -89,9 +115,25 @@ export async function render() {
         <div><canvas id="cam" class="pixels" width="140" height="140"></canvas></div>
         <div class="hint" id="timing"></div>
       </section>
+      <section class="panel" id="card" hidden>
+        <h2><span id="card-title"></span><button id="card-close" aria-label="close the card">×</button></h2>
+        <div class="row">
+          <figure><canvas id="card-map" class="pixels" width="196" height="196"></canvas>
+            <figcaption id="card-map-label">move the pointer over the map</figcaption></figure>
+          <figure><canvas id="card-input" class="pixels" width="196" height="196"></canvas>
+            <figcaption id="card-input-label">what that unit sees of the input</figcaption></figure>
+        </div>
+        <h3>Kernels <span class="hint" id="card-kernel-note"></span></h3>
+        <div id="card-kernels"></div>
+        <h3>The arithmetic at the pointer</h3>
+        <div id="card-sums"></div>
+        <h3>Top test images <span class="hint" id="card-examples-note"></span></h3>
+        <div id="card-examples"></div>
+      </section>
     </main>
     <section id="layers"></section>`;
   wireInputs();
+  wireCard();
   const select = byId('run');
   select.addEventListener('change', () => openRun(select.value));
   // a run trained after this page opened shows up: on TensorBoard's own reload period, and when the person
@@ -158,6 +200,8 @@ function setStatus(text, error = false) {
 async function openRun(run) {
   state.run = run;
   state.model = null;
+  state.epoch = null;
+  closeCard();
   clearResult();
   setStatus(`Opening ${run}…`);
   const model = await getJSON('./model?' + new URLSearchParams({run}));
@@ -179,7 +223,26 @@ async function openRun(run) {
     'light ink on black, the digit 20 px, centred.' : `fitted to ${width}×${height}${channels === 1 ? ', grey' : ''}.`);
   if (state.source === 'test' && !model.test_images) state.source = 'draw';
   selectSource(state.source);
+  showEpochs(model);
   schedule();
+}
+
+// The epoch slider: the run's kept weights (epochs/epoch-N.pth), starting at best.pth's epoch.
+function showEpochs(model) {
+  const box = byId('epoch-box'), slider = byId('epoch');
+  box.hidden = !model.epochs || model.epochs.length < 2;
+  if (box.hidden) return;
+  slider.max = String(model.epochs.length - 1);
+  const best = model.epochs.indexOf(model.epoch);
+  slider.value = String(best >= 0 ? best : model.epochs.length - 1);
+  labelEpoch();
+}
+
+function labelEpoch() {
+  const epochs = state.model.epochs, shown = epochs[Number(byId('epoch').value)];
+  const best = shown === state.model.epoch ? ' (best)' : '';
+  byId('epoch-label').textContent = `${shown} of ${epochs.at(-1)}${best}`;
+  return shown;
 }
 
 function hexTable(hex) {
@@ -287,7 +350,7 @@ function readPhoto(file) {
 }
 
 function request() {
-  const body = {run: state.run, source: state.source, target: state.target};
+  const body = {run: state.run, source: state.source, target: state.target, epoch: state.epoch};
   if (state.source === 'test') body.index = state.index;
   if (state.source === 'draw') {
     if (!state.strokes.length) return null;
@@ -327,6 +390,7 @@ function setStatusHint(text) { byId('timing').textContent = text; }
 
 // Nothing of an earlier input or run stays on screen once it no longer applies.
 function clearResult() {
+  state.layers = null;
   byId('prediction').textContent = '–';
   byId('probs').replaceChildren();
   byId('layers').replaceChildren();
@@ -362,9 +426,12 @@ function show(answer, roundTrip) {
   drawCam(byId('cam'), answer.input, answer.cam);
   byId('cam-layer').textContent = answer.cam ? `on ${answer.cam.layer}, for class ${classes[answer.target]}` :
                                                `(${answer.cam_error || 'this model has no conv step'})`;
-  byId('timing').textContent = `update: ${answer.server_ms.toFixed(1)} ms on the server, ` +
+  const epoch = answer.epoch ? `epoch ${answer.epoch}'s weights; ` : '';
+  byId('timing').textContent = `${epoch}update: ${answer.server_ms.toFixed(1)} ms on the server, ` +
                                `${roundTrip.toFixed(0)} ms round trip`;
+  state.layers = answer.layers;
   drawLayers(answer.layers);
+  scheduleCard();  // the card follows the input and the epoch too
 }
 
 function openRunStatus() {
@@ -441,6 +508,15 @@ function drawLayers(layers) {
       card.className = 'layer';
       card.dataset.layer = layer.name;
       card.innerHTML = '<h3></h3><div class="scale"></div><canvas></canvas>';
+      const canvas = card.querySelector(':scope > canvas');
+      canvas.addEventListener('click', (e) => {  // a tile opens that channel's card
+        const at = canvas.layout, box = canvas.getBoundingClientRect();
+        if (!at) return;
+        const x = (e.clientX - box.left) * canvas.width / box.width, y = (e.clientY - box.top) * canvas.height / box.height;
+        const col = Math.floor(x / (at.tw + GAP)), row = Math.floor(y / (at.th + LABEL + GAP));
+        const channel = row * at.cols + col;
+        if (col < at.cols && channel < at.channels) openCard(card.dataset.layer, channel);
+      });
     }
     // what the step is (conv, activation, pool, add, ...), what was called, and which steps feed it
     const blocks = layer.blocks.length ? ` = output of ${layer.blocks.join(', ')}` : '';
@@ -481,6 +557,7 @@ function drawMaps(card, layer, width) {
   const cols = Math.max(1, Math.min(channels, Math.floor((width + GAP) / (tw + GAP))));
   const rows = Math.ceil(channels / cols);
   const canvas = card.querySelector(':scope > canvas');  // not the colour bar's
+  canvas.layout = {cols, tw, th, channels};  // for a click on a tile
   canvas.width = cols * (tw + GAP);
   canvas.height = rows * (th + LABEL + GAP);
   const ctx = canvas.getContext('2d');
@@ -510,6 +587,7 @@ function drawBars(card, layer, width) {
   const labelled = Boolean(layer.labels);
   const step = Math.max(2, Math.min(labelled ? 40 : 14, Math.floor(width / values.length)));
   const canvas = card.querySelector(':scope > canvas');  // not the colour bar's
+  canvas.layout = null;  // units have no card
   canvas.width = Math.max(200, values.length * step);
   canvas.height = labelled ? 130 : 110;
   const ctx = canvas.getContext('2d');
@@ -534,4 +612,209 @@ function drawBars(card, layer, width) {
   const shown = layer.shape[0] > values.length ? ` (first ${values.length} of ${layer.shape[0]} units)` : '';
   scale.textContent = `${labelled ? 'logit' : 'value'} per ${labelled ? 'class' : 'unit'}: ` +
                       `from ${layer.min.toFixed(3)} to ${layer.max.toFixed(3)}; blue ≥ 0, red < 0${shown}`;
+}
+
+// --- a channel's card: its kernels, the arithmetic under the pointer, its top test images --------------
+
+function wireCard() {
+  byId('card-close').addEventListener('click', closeCard);
+  const map = byId('card-map');
+  map.addEventListener('pointermove', (e) => {  // the unit under the pointer: its arithmetic, its field
+    const shown = state.card && state.card.shown;
+    if (!shown) return;
+    const box = map.getBoundingClientRect();
+    const row = Math.min(shown.height - 1, Math.floor((e.clientY - box.top) / box.height * shown.height));
+    const col = Math.min(shown.width - 1, Math.floor((e.clientX - box.left) / box.width * shown.width));
+    if (row === state.card.row && col === state.card.col) return;
+    Object.assign(state.card, {row: Math.max(0, row), col: Math.max(0, col)});
+    scheduleCard();
+  });
+  const slider = byId('epoch');
+  slider.addEventListener('input', () => {  // the drawing through epoch N's model, while the slider moves
+    state.epoch = labelEpoch();
+    schedule();
+  });
+  slider.addEventListener('change', () => loadExamples());  // the top images once it stops (seconds, once)
+}
+
+function openCard(layer, channel) {
+  state.card = {layer, channel, row: null, col: null, shown: null};
+  byId('card').hidden = false;
+  if (!document.body.classList.contains('with-card')) {
+    document.body.classList.add('with-card');
+    if (state.layers) drawLayers(state.layers);  // narrower now: the tiles wrap beside the card
+  }
+  byId('card-title').textContent = `${layer} · channel ${channel}`;
+  for (const id of ['card-kernels', 'card-sums', 'card-examples']) byId(id).replaceChildren();
+  scheduleCard();
+  loadExamples();
+}
+
+function closeCard() {
+  state.card = null;
+  byId('card').hidden = true;
+  if (document.body.classList.contains('with-card')) {
+    document.body.classList.remove('with-card');
+    if (state.layers) drawLayers(state.layers);
+  }
+}
+
+// As the page's updates: one request in flight, and whatever changed meanwhile is asked for when it answers.
+async function scheduleCard() {
+  if (!state.card || !state.model) return;
+  if (state.cardBusy) { state.cardAgain = true; return; }
+  const body = request();
+  if (!body) return;
+  const {layer, channel, row, col} = state.card;
+  Object.assign(body, {layer, channel, row, col});
+  state.cardBusy = true;
+  const answer = await getJSON('./card', body);
+  state.cardBusy = false;
+  const card = state.card;
+  if (card && body.run === state.run && layer === card.layer && channel === card.channel) showCard(answer);
+  if (state.cardAgain) { state.cardAgain = false; scheduleCard(); }
+}
+
+function number(v) {  // 4 decimals, or exponent form for what that would hide
+  return v === null || v === undefined ? '?' : Math.abs(v) >= 1e4 || (Math.abs(v) < 1e-3 && v !== 0) ?
+    v.toExponential(2) : v.toFixed(4);
+}
+
+function showCard(answer) {
+  window.vizkitCard = answer;  // for the browser tests
+  if (!answer.ok) {
+    byId('card-sums').innerHTML = `<span class="off">${escape(answer.reason)}</span>`;
+    return;
+  }
+  const {shown, row, col} = answer;
+  Object.assign(state.card, {shown, row, col});
+  const from = shown.name !== answer.layer ? ` (${shown.name}'s channel ${answer.channel})` : '';
+  const epoch = answer.epoch ? ` · epoch ${answer.epoch}` : '';
+  byId('card-title').textContent = `${answer.layer} · channel ${answer.channel}${from}${epoch}`;
+  drawUnitMap(byId('card-map'), shown, row, col);
+  byId('card-map-label').textContent = `${shown.name}, channel ${answer.channel}: unit (${row}, ${col}); ` +
+    `${number(shown.min)} to ${number(shown.max)}`;
+  drawInput(byId('card-input'), answer.input);
+  if (answer.box) outline(byId('card-input'), answer.box, answer.input);
+  byId('card-input-label').textContent = answer.field ?
+    `unit (${row}, ${col}) sees ${answer.field.size}×${answer.field.size} px of the input` : 'its field is not known';
+  drawKernels(answer.kernels, answer.note);
+  byId('card-sums').innerHTML = answer.arithmetic ? sums(answer.arithmetic) : escape(answer.note || '');
+}
+
+function drawUnitMap(canvas, shown, row, col) {
+  const data = bytes(shown.data), lut = state.lut;
+  const image = new ImageData(shown.width, shown.height);
+  for (let i = 0; i < data.length; i++) image.data.set([lut[3 * data[i]], lut[3 * data[i] + 1], lut[3 * data[i] + 2], 255], 4 * i);
+  blit(canvas, image, 0, 0, canvas.width, canvas.height, true);
+  const ctx = canvas.getContext('2d'), sx = canvas.width / shown.width, sy = canvas.height / shown.height;
+  ctx.strokeStyle = '#ff5252';
+  ctx.lineWidth = 2;
+  ctx.strokeRect(col * sx + 1, row * sy + 1, sx - 2, sy - 2);
+}
+
+// The receptive field [top, left, bottom, right] (input pixels, may pass the border) as an orange frame.
+function outline(canvas, box, input) {
+  const ctx = canvas.getContext('2d'), sx = canvas.width / input.width, sy = canvas.height / input.height;
+  const [top, left, bottom, right] = box;
+  ctx.strokeStyle = '#ff9800';
+  ctx.lineWidth = 2;
+  ctx.strokeRect(left * sx + 1, top * sy + 1, (right - left + 1) * sx - 2, (bottom - top + 1) * sy - 2);
+}
+
+function diverging(v) {  // v in [-1, 1] -> blue (< 0), white (0), red (> 0): ColorBrewer's RdBu ends
+  const t = Math.min(1, Math.abs(v)), end = v < 0 ? [33, 102, 172] : [178, 24, 43];
+  return end.map((c) => Math.round(255 + t * (c - 255)));
+}
+
+function drawKernels(kernels, note) {
+  const box = byId('card-kernels');
+  if (!kernels) {
+    box.replaceChildren();
+    byId('card-kernel-note').textContent = note || '';
+    return;
+  }
+  const [kh, kw] = kernels.shape, zoom = Math.max(4, Math.floor(28 / Math.max(kh, kw)));
+  byId('card-kernel-note').textContent = `one per input channel, one scale: blue −${number(kernels.scale)}, ` +
+    `white 0, red +${number(kernels.scale)}; bias ${number(kernels.bias)}`;
+  const figures = kernels.values.map((values, i) => {
+    const canvas = document.createElement('canvas');
+    canvas.width = kw * zoom;
+    canvas.height = kh * zoom;
+    const image = new ImageData(kw, kh);
+    values.forEach((v, j) => image.data.set([...diverging(v / (kernels.scale || 1)), 255], 4 * j));
+    blit(canvas, image, 0, 0, canvas.width, canvas.height, true);
+    const figure = document.createElement('figure');
+    figure.append(canvas, document.createElement('br'), String(kernels.inputs[i]));
+    return figure;
+  });
+  box.replaceChildren(...figures);
+}
+
+function grid(rows) {  // 3 decimals: a 5 x 5 patch and its kernel side by side fit the card
+  const cell = (v) => `<td>${Math.abs(v) >= 1e3 ? v.toExponential(1) : v.toFixed(3)}</td>`;
+  return `<table class="grid">${rows.map((r) => `<tr>${r.map(cell).join('')}</tr>`).join('')}</table>`;
+}
+
+// CNN Explainer's arithmetic: each input channel's patch times the kernel, summed; plus the bias; then what follows.
+function sums(a) {
+  const shownTerms = a.terms.slice(0, 3);
+  const lines = shownTerms.map((t) => `<div class="term"><div class="hint">input channel ${t.channel}: the patch ` +
+    `× the kernel, summed</div>${grid(t.patch)} × ${grid(t.kernel)} = ${number(t.total)}</div>`);
+  const rest = a.terms.slice(3).reduce((s, t) => s + t.total, 0) + (a.inputs > a.terms.length ? NaN : 0);
+  if (a.inputs > shownTerms.length) {
+    const more = a.inputs - shownTerms.length;
+    lines.push(`<div class="term">… and ${more} more input channel${more > 1 ? 's' : ''}` +
+               (Number.isNaN(rest) ? '' : `: ${number(rest)} together`) + '</div>');
+  }
+  const agree = (v, f) => v !== null && Math.abs(v - f) <= 1e-4 * Math.max(1, Math.abs(f));
+  const check = (v, f) => agree(v, f) ? `<span class="check">= the forward pass's ${number(f)}</span>` :
+                                        `<span class="off">the forward pass gives ${number(f)}</span>`;
+  lines.push(`<div class="total">sum over ${a.inputs} input channel${a.inputs > 1 ? 's' : ''} ${number(a.sum)} ` +
+             `+ bias ${number(a.bias)} = ${number(a.value)} ${check(a.value, a.forward)}</div>`);
+  for (const t of a.then) {
+    const what = `${escape(t.name)} (${escape(t.op)})`;
+    if (t.window) {
+      lines.push(`<div class="term">then ${what}: the ${t.how} of ${grid(t.window)} = ${number(t.value)} ` +
+                 `at (${t.row}, ${t.col}) ${check(t.value, t.forward)}</div>`);
+    } else if (t.value === null) {
+      lines.push(`<div class="term">then ${what}: ${number(t.forward)} (the forward pass's)</div>`);
+    } else {
+      lines.push(`<div class="term">then ${what}: ${number(t.value)} ${check(t.value, t.forward)}</div>`);
+    }
+  }
+  return lines.join('');
+}
+
+async function loadExamples() {
+  if (!state.card || !state.model) return;
+  const asked = ++state.examplesAsked;
+  const {layer, channel} = state.card;
+  const epoch = state.epoch ? ` with epoch ${state.epoch}'s weights` : '';
+  byId('card-examples-note').textContent = `working them out over the test set${epoch} (seconds, once a layer)…`;
+  const answer = await getJSON('./examples', {run: state.run, epoch: state.epoch, layer, channel});
+  if (asked !== state.examplesAsked || !state.card) return;
+  window.vizkitExamples = answer;  // for the browser tests
+  if (!answer.ok) {
+    byId('card-examples-note').textContent = answer.reason;
+    return byId('card-examples').replaceChildren();
+  }
+  const [channels, height, width] = state.model.input_shape;
+  const tile = (data, box, caption) => {
+    const canvas = document.createElement('canvas');
+    canvas.width = canvas.height = 56;
+    canvas.className = 'pixels';
+    const input = {channels, height, width, data};
+    drawInput(canvas, input);
+    if (box) outline(canvas, box, input);
+    const figure = document.createElement('figure');
+    figure.append(canvas, document.createElement('br'), caption);
+    return figure;
+  };
+  const figures = [tile(answer.optimised, null, 'optimised')];
+  for (const t of answer.top) figures.push(tile(t.data, t.box, `#${t.index}: ${number(t.value)}`));
+  byId('card-examples').replaceChildren(...figures);
+  const at = answer.epoch ? `, epoch ${answer.epoch}` : '';
+  byId('card-examples-note').textContent = `the ${answer.top.length} that drive it hardest${at}, each framed ` +
+    'where its maximum sees; first, the input optimised for it';
 }
