@@ -97,6 +97,7 @@ def shoot(url: str, out: Path) -> list[Path]:
         area = frame.locator("#card-map").bounding_box()
         page.mouse.move(area["x"] + 0.45 * area["width"], area["y"] + 0.3 * area["height"])
         frame.locator("#card-examples figure").nth(8).wait_for(timeout=120_000)
+        frame.locator("#input-panel").scroll_into_view_if_needed()  # the drawing and prediction in view; the card stays
         page.wait_for_timeout(1000)
         written.append(out / "tensorboard-vizkit-card.png")
         page.screenshot(path=written[-1])

@@ -65,6 +65,10 @@ def test_bench_tab_smoke(tmp_path, data_dir):
     capture = report["capture"]  # the traced graph against module hooks, every step of the default model
     assert capture["steps"] == 18 and capture["modules"] == 18 and capture["ratio_graph_over_hooks"] > 0
     assert report["startup"]["vizkit_tab_listed"] and not report["startup"]["torch_imported_at_start"]
+    # the card at a new unit per conv step, and the epoch slider, each beside its baseline
+    assert set(report["card"]) == {"update (baseline)", "card conv1", "card conv2", "card conv3"}
+    assert set(report["epoch_switch"]) == {"update at the epoch shown (baseline)", "to an epoch not opened yet",
+                                           "to an epoch opened before"}  # fmt: skip
 
 
 def test_profile_epoch_smoke(tmp_path, data_dir):

@@ -59,9 +59,12 @@ def test_a_hand_worked_unit() -> None:
     assert pool.value == pool.forward == 8.5
 
 
-@pytest.mark.parametrize(
-    "make", [Functional, lambda: get_model("vizkit", 1, 28, 10), lambda: get_model("net", 1, 28, 10)]
-)
+ZOO = [
+    pytest.param(lambda n=name: get_model(n, 1, 28, 10), marks=pytest.mark.slow, id=name) for name in ("vizkit", "net")
+]
+
+
+@pytest.mark.parametrize("make", [pytest.param(Functional, id="functional"), *ZOO])
 def test_every_pixel_equals_the_forward_pass(make) -> None:  # noqa: ANN001
     model = _randomised(make())
     size = 16 if isinstance(model, Functional) else 28

@@ -159,6 +159,7 @@ def test_own_loop_adds_four_lines_to_tutorial_001():
     assert len([line for line in lines if line.rstrip().endswith("# vizkit")]) == 4
 
 
+@pytest.mark.slow  # a hand-written loop trained for 2 epochs first (the fixture, about 20 s)
 def test_own_loop_leaves_what_the_runner_leaves(own_loop_run):
     for name in ("best.pth", "last.pth", "model.onnx", "metrics.json", "curves.png", "confusion_matrix.png",
                  "top_losses.png", "source/own_loop.py"):  # fmt: skip
@@ -180,6 +181,7 @@ def test_own_loop_leaves_what_the_runner_leaves(own_loop_run):
     assert len([t for t in tags["scalars"] if t.startswith("per_class_accuracy/")]) == 10
 
 
+@pytest.mark.slow  # a hand-written loop trained for 2 epochs first (the fixture, about 20 s)
 def test_every_command_opens_the_own_loop_run(own_loop_run, data_dir, tmp_path, capsys):
     run, dd = str(own_loop_run), ["--data-dir", str(data_dir)]
     assert features.main(["--run", run, "--layer", "conv2", "--out", str(tmp_path / "f.png"), *dd]) == 0

@@ -254,6 +254,7 @@ def assert_conv1_drawn(frame, response) -> None:  # noqa: ANN001
             assert pixel.tolist() == lut[3 * level : 3 * level + 3].tolist(), (channel, r, c)
 
 
+@pytest.mark.slow  # a browser, three runs and a run list that changes: about 20 s
 def test_the_tab_in_a_real_browser(tensorboard, logdir, data_dir):
     """Draw a 7 stroke by stroke, pick a test image, drop a photo; every request stays on 127.0.0.1. Runs
     started after the page opened join the list, and a run waiting for its first epoch opens once it has one."""

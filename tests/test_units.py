@@ -167,6 +167,16 @@ def test_each_epochs_weights_are_kept_and_drawn_from(small_run, data_dir, tmp_pa
     out = tmp_path / "cam.png"
     assert explain.main(["--run", str(small_run), "--epoch", "1", "--data-dir", str(data_dir), "--out", str(out)]) == 0
     assert out.is_file()
+    # a figure of epoch N is named so, beside (not over) the best weights' figure of the same layer and input
+    folder = tmp_path / "figures"
+    for epoch in ([], ["--epoch", "1"]):
+        assert (
+            features.main(
+                ["--run", str(small_run), "--layer", "conv1", "--data-dir", str(data_dir), "--out", str(folder), *epoch]
+            )
+            == 0
+        )
+    assert sorted(p.name for p in folder.iterdir()) == ["conv1-test-0-epoch-1.png", "conv1-test-0.png"]
 
 
 def load_test(data_dir) -> torch.Tensor:  # noqa: ANN001

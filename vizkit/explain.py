@@ -81,7 +81,8 @@ def main(argv: list[str] | None = None) -> int:
         fig = explain_figure(
             x[0], maps, probs, classes, title, sample.original, (convs[0], first[convs[0]][0]) if convs else None
         )
-        out = args.out or rundir.run_of(ckpt_path) / "explain" / f"{sample.name}.png"
+        at = f"-epoch-{args.epoch}" if args.epoch is not None else ""  # beside the best weights' figure
+        out = args.out or rundir.run_of(ckpt_path) / "explain" / f"{sample.name}{at}.png"
         print(save_figure(fig, out))
         return 0
 

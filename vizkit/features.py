@@ -133,7 +133,8 @@ def examples(args: argparse.Namespace, model: nn.Module, ckpt: dict, checkpoint:
         return
     fields = receptive_fields(model, forward_graph(model, shape), shape)
     net = Normalized(model, ckpt["mean"], ckpt["std"]).eval()
-    paths = output_paths(args.out, rundir.run_of(checkpoint) / "features", [f"{n}-examples" for n in found])
+    at = f"-epoch-{args.epoch}" if args.epoch is not None else ""
+    paths = output_paths(args.out, rundir.run_of(checkpoint) / "features", [f"{n}-examples{at}" for n in found])
     for path, (name, ex) in zip(paths, found.items(), strict=True):
         step, field = steps[name], fields[steps[name].name]
         boxes = None
@@ -213,7 +214,8 @@ def main(argv: list[str] | None = None) -> int:
                 classes = ckpt["classes"] if step.name == graph.output else None
                 figures[f"{name}-{sample.name}"] = activation_figure(acts[name][0], label, sample.pixels[0], title,
                                                                      classes)  # fmt: skip
-        paths = output_paths(args.out, run_dir / "features", list(figures))
+        at = f"-epoch-{args.epoch}" if args.epoch is not None else ""  # beside the best weights' figures, not over them
+        paths = output_paths(args.out, run_dir / "features", [name + at for name in figures])
         for path, fig in zip(paths, figures.values(), strict=True):
             print(save_figure(fig, path))
         if args.tensorboard:

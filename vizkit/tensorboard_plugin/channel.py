@@ -44,13 +44,14 @@ def _step(loaded: Loaded, request: dict[str, Any]) -> tuple[Graph, Step, int]:
 
 
 def _kernels(loaded: Loaded, graph: Graph, conv: Step, channel: int) -> dict[str, Any]:
-    weight, bias, inputs = kernels(conv_of(loaded.model, graph, conv), channel)
+    module = conv_of(loaded.model, graph, conv)
+    weight, bias, inputs = kernels(module, channel)
     values = [[round(float(v), 5) for v in k.flatten()] for k in weight]
     scale = float(weight.abs().max())
     return {
         "inputs": inputs,
         "shape": list(weight.shape[-2:]),
-        "bias": round(bias, 6),
+        "bias": round(bias, 6) if module.bias is not None else None,  # a conv before a norm often has none
         "scale": scale,
         "values": values,
     }

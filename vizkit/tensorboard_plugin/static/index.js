@@ -50,6 +50,7 @@ const STYLE = `
   #card-sums table.grid { border-collapse: collapse; display: inline-table; vertical-align: middle; margin: 2px; }
   #card-sums table.grid td { border: 1px solid #e0e0e0; padding: 0 3px; text-align: right; font-size: 10px; }
   #card-sums .term { margin: 4px 0; white-space: nowrap; }
+  #card-sums .then { margin: 4px 0; }
   #card-sums .total { font-weight: 500; }
   #card-sums .check { color: #2e7d32; }
   #card-sums .off { color: #b71c1c; }
@@ -214,9 +215,7 @@ async function openRun(run) {
   target.replaceChildren(new Option('the predicted class', ''));
   model.classes.forEach((name, k) => target.appendChild(new Option(`class ${name}`, String(k))));
   state.target = null;
-  const epoch = model.epoch ? `, epoch ${model.epoch}` : '';
-  setStatus(`${model.model} from ${run}/${model.checkpoint}${epoch}; ${model.input_shape.join('×')} inputs, ` +
-            `normalised with mean ${model.mean.join(', ')}, std ${model.std.join(', ')}`);
+  openRunStatus();
   byId('test-range').textContent = model.test_images || 'no test images known for this model';
   const [channels, height, width] = model.input_shape;
   byId('photo-hint').textContent = 'Prepared as vizkit.predict prepares photos: ' + (model.digits ?
@@ -434,9 +433,13 @@ function show(answer, roundTrip) {
   scheduleCard();  // the card follows the input and the epoch too
 }
 
+// Which weights answer: best.pth (and its epoch), or the epoch the slider is on.
 function openRunStatus() {
   const m = state.model;
-  setStatus(`${m.model} from ${state.run}/${m.checkpoint}; ${m.input_shape.join('×')} inputs`);
+  const weights = state.epoch === null ? `${m.checkpoint}${m.epoch ? `, epoch ${m.epoch}` : ''}` :
+                                         `epochs/epoch-${state.epoch}.pth`;
+  setStatus(`${m.model} from ${state.run}/${weights}; ${m.input_shape.join('×')} inputs, ` +
+            `normalised with mean ${m.mean.join(', ')}, std ${m.std.join(', ')}`);
 }
 
 function escape(text) {
@@ -632,6 +635,7 @@ function wireCard() {
   const slider = byId('epoch');
   slider.addEventListener('input', () => {  // the drawing through epoch N's model, while the slider moves
     state.epoch = labelEpoch();
+    openRunStatus();
     schedule();
   });
   slider.addEventListener('change', () => loadExamples());  // the top images once it stops (seconds, once)
@@ -736,7 +740,7 @@ function drawKernels(kernels, note) {
   }
   const [kh, kw] = kernels.shape, zoom = Math.max(4, Math.floor(28 / Math.max(kh, kw)));
   byId('card-kernel-note').textContent = `one per input channel, one scale: blue −${number(kernels.scale)}, ` +
-    `white 0, red +${number(kernels.scale)}; bias ${number(kernels.bias)}`;
+    `white 0, red +${number(kernels.scale)}; ` + (kernels.bias === null ? 'no bias' : `bias ${number(kernels.bias)}`);
   const figures = kernels.values.map((values, i) => {
     const canvas = document.createElement('canvas');
     canvas.width = kw * zoom;
@@ -775,12 +779,12 @@ function sums(a) {
   for (const t of a.then) {
     const what = `${escape(t.name)} (${escape(t.op)})`;
     if (t.window) {
-      lines.push(`<div class="term">then ${what}: the ${t.how} of ${grid(t.window)} = ${number(t.value)} ` +
+      lines.push(`<div class="then">then ${what}: the ${t.how} of ${grid(t.window)} = ${number(t.value)} ` +
                  `at (${t.row}, ${t.col}) ${check(t.value, t.forward)}</div>`);
     } else if (t.value === null) {
-      lines.push(`<div class="term">then ${what}: ${number(t.forward)} (the forward pass's)</div>`);
+      lines.push(`<div class="then">then ${what}: ${number(t.forward)} (the forward pass's)</div>`);
     } else {
-      lines.push(`<div class="term">then ${what}: ${number(t.value)} ${check(t.value, t.forward)}</div>`);
+      lines.push(`<div class="then">then ${what}: ${number(t.value)} ${check(t.value, t.forward)}</div>`);
     }
   }
   return lines.join('');
