@@ -90,3 +90,16 @@ def test_a_relu_tile_is_its_convs_channel() -> None:
     assert source_conv(graph, "avg_pool2d").name == "conv2"
     assert source_conv(graph, "fc") is None
     assert [s.name for s in chain_after(graph, graph.by_name["conv2"])] == ["bn", "relu_1", "avg_pool2d"]
+
+
+def test_a_training_model_is_left_as_it_was() -> None:
+    """A model in train mode: the card works in eval mode (BatchNorm's running statistics, as the forward pass it
+    is compared with), and leaves the modes, the statistics and forward as they were."""
+    model = _randomised(Functional()).train()
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    pixels = torch.rand(1, 1, 16, 16, generator=torch.Generator().manual_seed(2))
+    a = arithmetic(model, [0.0], [1.0], pixels, "conv2", 4, 1, 2)
+    assert [t.value == pytest.approx(t.forward, abs=1e-4) for t in a.then] == [True, True, True]
+    assert all(m.training for m in model.modules())
+    assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
+    assert "forward" not in vars(model)

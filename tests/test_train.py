@@ -117,6 +117,7 @@ def test_curves_png_is_a_real_picture(small_run):
     assert extrema[0] < 100 < extrema[1]  # lines on a background, not a blank canvas
 
 
+@pytest.mark.slow  # two trainings, about 11 s
 def test_same_seed_same_weights(data_dir, tmp_path):
     argv = ["--model", "net", "--limit-train", "300", "--epochs", "1", "--data-dir", str(data_dir)]
     assert main(argv + ["--run-dir", str(tmp_path / "a"), "--log", "off"]) == 0
@@ -179,6 +180,7 @@ def test_unwritable_run_dir_under_a_file(data_dir, tmp_path, capsys):
     assert "cannot write the run directory" in err and len(err.strip().splitlines()) == 1
 
 
+@pytest.mark.slow  # a whole run in a fresh process, about 14 s
 def test_cli_end_to_end_as_a_subprocess(data_dir, tmp_path):
     run = tmp_path / "e2e"
     cmd = [sys.executable, "-m", "vizkit.train", "--config", "004-cnn", "--limit-train", "500", "--epochs", "1"]
@@ -199,6 +201,7 @@ def test_help_shows_defaults():
     assert "last 5000 images of the official training set" in " ".join(result.stdout.split())
 
 
+@pytest.mark.slow  # an epoch on all of MNIST, about 10 s
 def test_recipe_001_reaches_the_tutorials_accuracy_after_one_epoch(data_dir, tmp_path):
     # The tutorial reports 96.35% after epoch 1 on 60,000 images; we train on 55,000 and keep 5,000 apart.
     argv = ["--config", str(REPO / "vizkit/recipes/001-net.toml"), "--epochs", "1", "--log", "off"]

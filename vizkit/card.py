@@ -16,6 +16,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from vizkit.graph import Graph, Step, capture, forward_graph
+from vizkit.hooks import modes_kept
 from vizkit.normalize import Normalized
 from vizkit.units import windows
 
@@ -176,8 +177,9 @@ def arithmetic(
     model: nn.Module, mean: list[float], std: list[float], pixels: torch.Tensor, layer: str, channel: int,
     row: int, col: int,
 ) -> Arithmetic:  # fmt: skip
-    """Unit (row, col) of `channel` of the conv `layer` is (or of the conv `layer`'s channels come from), for one
-    input (`pixels`: (1, C, H, W) in [0, 1]): the conv's terms and bias, then the steps that take it on."""
+    """Unit (row, col) of `channel` of the conv `layer` (or of the conv whose channels `layer` keeps), for one input
+    (`pixels`: (1, C, H, W) in [0, 1]), in eval mode: the conv's terms and bias, then the steps that take it on.
+    The model is left as it was found (its modes, its forward, its BatchNorm statistics)."""
     graph = forward_graph(model, pixels.shape[1:])
     conv_step = source_conv(graph, layer)
     conv = conv_of(model, graph, conv_step) if conv_step is not None else None
@@ -195,6 +197,16 @@ def arithmetic(
         conv_step.name, channel, row, col, terms, bias, value, float(out[conv_step.name][0, channel, row, col])
     )
     r, c, current, previous = row, col, value, conv_step.name
+    with modes_kept(model):  # eval mode, as the forward pass ran: a BatchNorm uses its running statistics
+        _follow(model, graph, chain, out, found, channel, r, c, current, previous)
+    return found
+
+
+def _follow(
+    model: nn.Module, graph: Graph, chain: list[Step], out: dict[str, torch.Tensor], found: Arithmetic,
+    channel: int, r: int, c: int, current: float, previous: str,
+) -> None:  # fmt: skip
+    """Each step after the conv at the unit it takes on: into `found.then`."""
     for step in chain:
         if step.kind == "pool":
             then = _pool(model, graph, step, out[previous][0, channel].float(), r, c)
@@ -207,7 +219,6 @@ def arithmetic(
         current = then.value if then.value is not None else then.forward
         previous = step.name
         found.then.append(then)
-    return found
 
 
 def as_json(a: Arithmetic, limit: int = 64) -> dict[str, Any]:

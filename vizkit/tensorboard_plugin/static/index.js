@@ -425,7 +425,7 @@ function show(answer, roundTrip) {
   drawCam(byId('cam'), answer.input, answer.cam);
   byId('cam-layer').textContent = answer.cam ? `on ${answer.cam.layer}, for class ${classes[answer.target]}` :
                                                `(${answer.cam_error || 'this model has no conv step'})`;
-  const epoch = answer.epoch ? `epoch ${answer.epoch}'s weights; ` : '';
+  const epoch = state.epoch !== null && answer.epoch ? `epoch ${answer.epoch}'s weights; ` : '';  // the slider's
   byId('timing').textContent = `${epoch}update: ${answer.server_ms.toFixed(1)} ms on the server, ` +
                                `${roundTrip.toFixed(0)} ms round trip`;
   state.layers = answer.layers;
