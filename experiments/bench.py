@@ -2,7 +2,7 @@
 
     python experiments/bench.py                 # about 20 minutes on 2 cores; writes experiments/results/
     python experiments/bench.py --repeats 9     # more repeats, for a tighter median
-    python experiments/bench.py --smoke         # one batch of each, to check the script still runs
+    python experiments/bench.py --smoke         # one batch of each, in one process, to check the script runs
 
 Variants, each in its own process so peak memory is its own:
   a  tutorial: recipe 001 as the tutorials write it (torchvision MNIST, per-sample ToTensor + Normalize,
@@ -37,6 +37,8 @@ which adds to b's epoch what logging added to c's, each run's epoch less its tra
 from __future__ import annotations
 
 import argparse
+import contextlib
+import io
 import json
 import os
 import platform
@@ -320,13 +322,23 @@ def child(args: argparse.Namespace) -> None:
 # --- the parent: runs the children, takes medians, writes the results -----------------------------------
 
 
+IN_PROCESS = False  # --smoke: every variant in this process; it checks that the code runs and measures nothing
+
+
 def run_child(variant: str, data_dir: str, limit: int, run_dir: str = "") -> dict:
-    cmd = [sys.executable, __file__, "--variant", variant, "--data-dir", data_dir, "--limit", str(limit)]
-    cmd += ["--run-dir", run_dir] if run_dir else []
-    proc = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True)
-    lines = [line for line in proc.stdout.splitlines() if line.startswith("RESULT ")]
-    if proc.returncode != 0 or not lines:
-        raise SystemExit(f"bench variant {variant} failed:\n{proc.stderr[-3000:]}")
+    if IN_PROCESS:  # a fresh process per variant costs seconds of imports, the point of measuring, not of --smoke
+        out = io.StringIO()
+        with contextlib.redirect_stdout(out):
+            child(argparse.Namespace(variant=variant, data_dir=data_dir, limit=limit, run_dir=run_dir))
+        stdout, returncode, stderr = out.getvalue(), 0, ""
+    else:
+        cmd = [sys.executable, __file__, "--variant", variant, "--data-dir", data_dir, "--limit", str(limit)]
+        cmd += ["--run-dir", run_dir] if run_dir else []
+        proc = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True)
+        stdout, returncode, stderr = proc.stdout, proc.returncode, proc.stderr
+    lines = [line for line in stdout.splitlines() if line.startswith("RESULT ")]
+    if returncode != 0 or not lines:
+        raise SystemExit(f"bench variant {variant} failed:\n{stderr[-3000:]}")
     return json.loads(lines[-1][len("RESULT ") :])
 
 
@@ -373,6 +385,8 @@ def main(argv: list[str] | None = None) -> int:
         child(args)
         return 0
 
+    global IN_PROCESS
+    IN_PROCESS = args.smoke
     limit = 64 if args.smoke else 55_000
     repeats = 1 if args.smoke else args.repeats
     fast = None

@@ -1,7 +1,7 @@
 """Where a training epoch's time goes, and what each change tried for issue 12 bought.
 
     python experiments/profile_epoch.py          # about 5 minutes on 2 cores; writes experiments/results/
-    python experiments/profile_epoch.py --smoke  # a few steps of each part, to check the script still runs
+    python experiments/profile_epoch.py --smoke  # a few steps of each part (no torch.compile): does it still run?
 
 Parts (each in its own process, so one part's warm-up or allocator state is not another's):
   epoch    recipe 001 for two epochs with --log off and --log full: the seconds of each part of an epoch
@@ -346,7 +346,8 @@ def options_part(data_dir: str, smoke: bool) -> dict:
     for name, (_, numbers) in variants.items():
         ms = 1000 * state[name]["seconds"] / state[name]["steps"]
         out[name] = {"ms_per_step": ms, "ratio": ms / ref_ms, "numbers": numbers}
-    out["torch.compile (inductor)"] = compile_option(data, smoke)
+    # --smoke leaves torch.compile out: its compiling alone takes most of a minute on 2 cores
+    out["torch.compile (inductor)"] = compile_option(data, smoke) if not smoke else {"skipped": "--smoke"}
     return out
 
 
@@ -474,6 +475,9 @@ def report(r: dict) -> None:
             f"({two['faults_per_step']:.0f} faults); validation {f['validation_seconds']:.2f} s"
         )
     for name, o in r["options"].items():
+        if "skipped" in o:
+            print(f"  {name}: left out ({o['skipped']})")
+            continue
         extra = f", compiling {o['first_step_seconds_compiling']:.1f} s" if "first_step_seconds_compiling" in o else ""
         print(f"  {name}: {o['ms_per_step']:.2f} ms/step, {o['ratio']:.3f}x{extra}")
 

@@ -93,6 +93,15 @@ def card(loaded: Loaded, request: dict[str, Any]) -> dict[str, Any]:
     }  # fmt: skip
 
 
+def _copy(loaded: Loaded) -> tuple[Any, threading.Lock]:
+    """A copy of the model with a lock of its own; the model itself, under its lock, where it cannot be copied
+    (a person's model may hold something deepcopy refuses): the page then waits while examples are worked out."""
+    try:
+        return copy.deepcopy(loaded.model), threading.Lock()
+    except Exception:
+        return loaded.model, loaded.lock
+
+
 def examples(loaded: Loaded, request: dict[str, Any]) -> dict[str, Any]:
     """The channel's top dataset examples over the run's test images (each with the receptive field of its
     maximum), and its optimised input; worked out once per step and model (seconds), then kept."""
@@ -104,7 +113,7 @@ def examples(loaded: Loaded, request: dict[str, Any]) -> dict[str, Any]:
         graph, step, channel = _step(loaded, request)
         cached = loaded.cache.get(("examples", step.name))
         if cached is None:  # on a copy of the model, so the page's updates go on meanwhile
-            model = loaded.cache.setdefault("copy", (copy.deepcopy(loaded.model), threading.Lock()))
+            model = loaded.cache.get("copy") or loaded.cache.setdefault("copy", _copy(loaded))
             field = receptive_fields(loaded.model, graph, ckpt["input_shape"]).get(step.name)
     if cached is None:
         images = test_set(loaded).images  # or the one-line reason there are none
