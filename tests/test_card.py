@@ -59,9 +59,7 @@ def test_a_hand_worked_unit() -> None:
     assert pool.value == pool.forward == 8.5
 
 
-ZOO = [
-    pytest.param(lambda n=name: get_model(n, 1, 28, 10), marks=pytest.mark.slow, id=name) for name in ("vizkit", "net")
-]
+ZOO = [pytest.param(lambda n=name: get_model(n, 1, 28, 10), marks=pytest.mark.slow, id=name) for name in ("net",)]
 
 
 @pytest.mark.parametrize("make", [pytest.param(Functional, id="functional"), *ZOO])

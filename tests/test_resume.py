@@ -62,7 +62,9 @@ def uninterrupted(data_dir, tmp_path_factory) -> Path:
     return run
 
 
-@pytest.mark.parametrize("sig, code", [(signal.SIGINT, 130), (signal.SIGTERM, 143)], ids=["SIGINT", "SIGTERM"])
+# SIGINT only: SIGTERM sets the same flag (engine.py's stop) and differs only in its exit code, 143, which the
+# first-epoch test below checks; the Ctrl-C tests below and the SIGKILL chain cover the other moments
+@pytest.mark.parametrize("sig, code", [(signal.SIGINT, 130)], ids=["SIGINT"])
 def test_signal_then_resume_equals_an_uninterrupted_run(uninterrupted, data_dir, tmp_path, sig, code):
     run = tmp_path / "run"
     proc = start(train_args(data_dir, run))
@@ -87,12 +89,13 @@ def test_signal_then_resume_equals_an_uninterrupted_run(uninterrupted, data_dir,
     assert steps == sorted(set(steps))  # the interrupted epoch's points were dropped, not doubled
 
 
-def test_ctrl_c_in_the_first_epoch_says_nothing_can_be_resumed_and_leaves_no_half_run(data_dir, tmp_path):
+@pytest.mark.parametrize("sig, code", [(signal.SIGINT, 130), (signal.SIGTERM, 143)], ids=["SIGINT", "SIGTERM"])
+def test_ctrl_c_in_the_first_epoch_says_nothing_can_be_resumed_and_leaves_no_half_run(data_dir, tmp_path, sig, code):
     run = tmp_path / "run"
     proc = start(train_args(data_dir, run))
     wait_for_line(proc, "total")  # the model's summary: the run directory is made and epoch 1 begins
-    proc.send_signal(signal.SIGINT)
-    assert proc.wait(timeout=300) == 130
+    proc.send_signal(sig)
+    assert proc.wait(timeout=300) == code
     err = proc.stderr.read()
     assert f"no epoch had finished, so nothing can be resumed; {run} was removed" in err and "Traceback" not in err
     assert not run.exists()
