@@ -48,7 +48,7 @@ from vizkit.models import absolute_spec, display_name, spec_of
 from vizkit.normalize import to_pixels
 from vizkit.plots import confusion_figure, curves_figure, samples_figure, top_losses_figure
 from vizkit.tiles import examples_image, layer_image, square
-from vizkit.units import dataset_examples, format_map, model_map, receptive_fields
+from vizkit.units import examples_of, format_map, model_map, receptive_fields
 from vizkit.writer import NullWriter, Writer
 
 log = logging.getLogger(__name__)
@@ -280,10 +280,12 @@ def log_examples(
 ) -> None:  # fmt: skip
     """Each conv step's dataset examples over the test images (uint8 `pixels`): into the run (examples/) and
     the Images tab."""
+    if not steps:
+        return
     shape = list(pixels.shape[1:])
     fields = receptive_fields(model, forward_graph(model, shape), shape)
-    for name in steps:
-        ex = dataset_examples(model, name, pixels, rec.mean, rec.std, EXAMPLES_PER_CHANNEL)
+    found = examples_of(model, steps, pixels, rec.mean, rec.std, EXAMPLES_PER_CHANNEL)  # one pass for them all
+    for name, ex in found.items():
         boxes = [[fields[name].box(int(r), int(c)) for r, c in ex.where[ch]] for ch in range(len(ex.top))]
         title = f"{name}: each channel's strongest and weakest of {len(pixels)} test images, by its maximum"
         picture = examples_image(pixels, ex.top, ex.bottom, boxes, None, title)

@@ -234,38 +234,52 @@ class Examples:
         return {"layer": self.layer, "channels": channels}
 
 
-@torch.no_grad()
 def dataset_examples(
     model: nn.Module, layer: str, images: torch.Tensor, mean: list[float], std: list[float], k: int = 8,
     batch: int = 500,
 ) -> Examples:  # fmt: skip
     """Over `images` (uint8, N x C x H x W, a test set), each channel of `layer`'s k strongest and k weakest
     images, in batched forward passes of the graph (eval mode; the model is left as it was)."""
+    return next(iter(examples_of(model, [layer], images, mean, std, k, batch).values()))
+
+
+@torch.no_grad()
+def examples_of(
+    model: nn.Module, layers: list[str], images: torch.Tensor, mean: list[float], std: list[float], k: int = 8,
+    batch: int = 500,
+) -> dict[str, Examples]:  # fmt: skip
+    """dataset_examples of several steps in one pass over the images (the runner's every conv step), by step name."""
     from vizkit.graph import capture
     from vizkit.normalize import Normalized
 
     input_shape = list(images.shape[1:])
-    name = forward_graph(model, input_shape).resolve(layer).name
+    graph = forward_graph(model, input_shape)
+    names = list(dict.fromkeys(graph.resolve(layer).name for layer in layers))
     device = next((p.device for p in model.parameters()), torch.device("cpu"))
     net = Normalized(model, mean, std).to(device)  # its mean and std where the images go
-    peaks, places = [], []
-    with capture(model, [name], input_shape) as out:
+    peaks: dict[str, list[torch.Tensor]] = {n: [] for n in names}
+    places: dict[str, list[torch.Tensor]] = {n: [] for n in names}
+    with capture(model, names, input_shape) as out:
         for i in range(0, len(images), batch):
             net(images[i : i + batch].to(device).float() / 255)
-            a = out.pop(name)
-            if a.dim() == 4:  # a map: the channel's maximum over positions, and where it is
-                value, place = a.flatten(2).max(2)
-                peaks.append(value)
-                places.append(place)
-            else:
-                peaks.append(a.flatten(1))
-    values = torch.cat(peaks)  # (N, C)
+            for name in names:
+                a = out.pop(name)
+                if a.dim() == 4:  # a map: the channel's maximum over positions, and where it is
+                    value, place = a.flatten(2).max(2)
+                    peaks[name].append(value)
+                    places[name].append(place)
+                else:
+                    peaks[name].append(a.flatten(1))
+    return {n: _ranked(n, torch.cat(peaks[n]), places[n], graph.by_name[n].shape[-1], k) for n in names}
+
+
+def _ranked(name: str, values: torch.Tensor, places: list[torch.Tensor], width: int, k: int) -> Examples:
+    """Examples from each image's peak per channel (N, C), and where in the map it was (for maps)."""
     k = min(k, len(values))
     top_values, top = values.topk(k, dim=0)
     low_values, low = values.topk(k, dim=0, largest=False)
     where = None
     if places:
-        width = forward_graph(model, input_shape).by_name[name].shape[-1]
         flat = torch.cat(places).gather(0, top)  # (k, C): the flat position of each top image's maximum
         where = torch.stack((flat // width, flat % width), dim=-1).transpose(0, 1)
     return Examples(name, top.T.contiguous(), top_values.T.contiguous(), low.T.contiguous(), low_values.T.contiguous(),
@@ -279,6 +293,7 @@ __all__ = [
     "Step",
     "as_json",
     "dataset_examples",
+    "examples_of",
     "format_map",
     "model_map",
     "receptive_fields",
