@@ -101,3 +101,43 @@ def test_a_training_model_is_left_as_it_was() -> None:
     assert all(m.training for m in model.modules())
     assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
     assert "forward" not in vars(model)
+
+
+class Odd(nn.Module):
+    """What the card cannot work out from one value, or from its usual window: it says so and shows the forward
+    pass's number (GroupNorm reads the whole map; an average that does not count its padding)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(1, 2, 3, padding=1)
+        self.gn = nn.GroupNorm(1, 2)
+        self.pool = nn.MaxPool2d(3, 2, 1)  # ResNet's: padded, overlapping windows; 7 x 7 -> 4 x 4
+        self.conv2 = nn.Conv2d(2, 2, 3, padding=1)
+        self.avg = nn.AvgPool2d(2, padding=1, count_include_pad=False)  # 4 x 4 -> 3 x 3
+        self.fc = nn.Linear(2 * 3 * 3, 2)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.pool(F.relu(self.gn(self.conv(x))))
+        return self.fc(self.avg(F.relu(self.conv2(x))).flatten(1))
+
+
+def test_what_the_card_cannot_work_out_it_says() -> None:
+    import json
+
+    from vizkit.card import as_json
+
+    model = _randomised(Odd())
+    pixels = torch.rand(1, 1, 7, 7, generator=torch.Generator().manual_seed(3))
+    a = arithmetic(model, [0.0], [1.0], pixels, "conv", 1, 0, 0)
+    gn, relu, pool = a.then
+    assert gn.value is None and relu.value == pytest.approx(relu.forward, abs=1e-5)
+    assert (pool.row, pool.col) == (0, 0) and pool.window[0] == [None, None, None]  # row -1: padding
+    assert pool.value == pytest.approx(pool.forward, abs=1e-5)
+    json.dumps(as_json(a), allow_nan=False)  # no -inf from the padding in what the page is sent
+    b = arithmetic(model, [0.0], [1.0], pixels, "conv2", 0, 3, 3)
+    assert b.then[-1].name == "avg" and b.then[-1].value is None  # count_include_pad=False: the forward's alone
+    # a 2 x 2 pool over a 7 x 7 map leaves the last row and column out: the chain stops there and says so
+    dropping = nn.Sequential(nn.Conv2d(1, 1, 1), nn.MaxPool2d(2), nn.Flatten(), nn.Linear(9, 2)).eval()
+    c = arithmetic(dropping, [0.0], [1.0], pixels, "0", 0, 6, 0)
+    assert c.then == [] and c.note == "1 (MaxPool2d) leaves unit (6, 0) out: none of its windows covers it"
+    assert [t.row for t in arithmetic(dropping, [0.0], [1.0], pixels, "0", 0, 5, 5).then] == [2]

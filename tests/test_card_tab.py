@@ -79,6 +79,7 @@ def test_card_and_examples_routes_answer_or_say_why(server, kept):
         ({"layer": "conv1", "channel": 16}, "channel of conv1 16 is out of range: 0 to 15"),
         ({"layer": "conv1", "row": -1}, "row -1 is out of range: 0 to 27"),
         ({"layer": "conv1", "epoch": 7}, "kept has no weights of epoch 7; it keeps epochs 1, 2"),
+        ({"layer": "conv1", "epoch": 2.0}, "kept has no weights of epoch 2.0; it keeps epochs 1, 2"),
     ]:
         status, answer = api(base, "card", {"run": "kept", "source": "test", "index": 0, **body})
         assert status == 200 and answer["ok"] is False and answer["reason"].startswith(reason), answer

@@ -61,6 +61,7 @@ class Arithmetic:
     value: float  # sum of the terms plus the bias, worked out here
     forward: float  # the forward pass's value of this unit
     then: list[Then] = field(default_factory=list)
+    note: str = ""  # where the chain stops early and why (a pool that leaves the unit out)
 
 
 def source_conv(graph: Graph, name: str) -> Step | None:
@@ -135,40 +136,85 @@ def conv_unit(conv: nn.Conv2d, x: torch.Tensor, channel: int, row: int, col: int
 
 
 def _elementwise(model: nn.Module, graph: Graph, step: Step, channel: int, value: float) -> float | None:
-    """An activation or norm applied to one value of channel `channel` (a 1x1 map of every channel, this one set),
-    by the module the step calls or the function it calls with nothing else read from the graph; else None."""
-    x = torch.zeros(1, step.shape[0], 1, 1)
-    x[0, channel] = value
+    """An activation, or a BatchNorm with running statistics, applied to one value of channel `channel`; None where
+    vizkit cannot work it out from that value alone (other norms read the whole map; a call reading other steps)."""
+    module = dict(model.named_modules()).get(step.module) if step.module is not None else None
     if step.kind in PASS:
         return value
+    if step.kind == "norm":
+        if not isinstance(module, nn.modules.batchnorm._BatchNorm) or module.running_mean is None:
+            return None  # InstanceNorm, GroupNorm, LayerNorm, F.batch_norm: not from one value
+        std = (module.running_var[channel].double() + module.eps).sqrt()
+        scaled = (value - module.running_mean[channel].double()) / std
+        if module.affine:
+            scaled = scaled * module.weight[channel].double() + module.bias[channel].double()
+        return float(scaled)
+    x = torch.zeros(1, step.shape[0], 1, 1)
+    x[0, channel] = value
     try:
-        if step.module is not None:
-            return float(dict(model.named_modules())[step.module](x)[0, channel])
+        if module is not None:
+            return float(module(x)[0, channel])
         node = next(n for n in graph.module.graph.nodes if n.name == graph.nodes.get(step.name))
         rest = list(node.args[1:]) + list(node.kwargs.values())
-        if any(isinstance(a, torch.fx.Node) for a in rest):  # F.batch_norm's running statistics, ...
+        if any(isinstance(a, torch.fx.Node) for a in rest):  # a call that reads other steps or parameters
             return None
         call = getattr(x, node.target) if node.op == "call_method" else None
         out = call(*node.args[1:], **node.kwargs) if call else node.target(x, *node.args[1:], **node.kwargs)
         return float(out[0, channel])
-    except (StopIteration, AttributeError, TypeError, RuntimeError):
+    except Exception:  # whatever the person's activation does with a 1x1 map: the forward value is shown alone
         return None
 
 
-def _pool(model: nn.Module, graph: Graph, step: Step, before: torch.Tensor, row: int, col: int) -> Then | None:
-    """The pool's unit fed by (row, col) of the map before it (`before`: (H, W)), its window and value."""
-    window = windows(model, graph).get(step.name)
-    if window is None:
-        return None
-    k, s, d, pad = window
+def _pool_options(model: nn.Module, graph: Graph, step: Step) -> dict[str, Any]:
+    """A pooling step's settings, from its module or from the arguments of its F.max_pool2d / F.avg_pool2d call."""
+    if step.module is not None:
+        m = dict(model.named_modules()).get(step.module)
+        keys = ("kernel_size", "stride", "padding", "dilation", "ceil_mode", "count_include_pad", "divisor_override")
+        return {k: getattr(m, k) for k in keys if hasattr(m, k)}
+    node = next((n for n in graph.module.graph.nodes if n.name == graph.nodes.get(step.name)), None)
+    if node is None:
+        return {}
+    avg = node.target is F.avg_pool2d
+    names = ("kernel_size", "stride", "padding") + (
+        ("ceil_mode", "count_include_pad", "divisor_override") if avg else ("dilation", "ceil_mode")
+    )
+    return {**dict(zip(names, node.args[1:], strict=False)), **node.kwargs}
+
+
+def _plain(options: dict[str, Any]) -> bool:
+    """A square window, no ceil_mode, and (an average) padding counted and no divisor of its own: the cases the
+    card works out; other pools show the forward pass's value alone."""
+    square = all(
+        not isinstance(v, (tuple, list)) or len(set(v)) == 1
+        for k, v in options.items()
+        if k in ("kernel_size", "stride", "padding", "dilation") and v is not None
+    )
+    return (
+        square
+        and not options.get("ceil_mode")
+        and options.get("count_include_pad", True) is True
+        and (options.get("divisor_override") is None)
+    )
+
+
+def _pool(model: nn.Module, graph: Graph, step: Step, before: torch.Tensor, row: int, col: int) -> Then | str:
+    """The pool's unit that (row, col) of the map before it (`before`: (H, W)) falls in, its window and value; a
+    sentence where no window covers (row, col) (a 7 x 7 map under a 2 x 2 pool loses its last row)."""
+    k, s, d, pad = windows(model, graph)[step.name]
     h, w = step.shape[1:]
-    r, c = min((row + pad) // s, h - 1), min((col + pad) // s, w - 1)
+    r, c = (row + pad) // s, (col + pad) // s
     top, left = r * s - pad, c * s - pad
-    padded = F.pad(before, (pad, pad, pad, pad), value=-torch.inf if "max" in step.op.lower() else 0.0)
-    cells = padded[top + pad : top + pad + d * (k - 1) + 1 : d, left + pad : left + pad + d * (k - 1) + 1 : d]
+    if r >= h or c >= w or row > top + d * (k - 1) or col > left + d * (k - 1) or (row - top) % d or (col - left) % d:
+        return f"{step.name} ({step.op}) leaves unit ({row}, {col}) out: none of its windows covers it"
     how = "max" if "max" in step.op.lower() else "mean"
-    value = float(cells.max() if how == "max" else cells.double().mean())
-    grid = [[round(float(v), 6) for v in line] for line in cells]
+    rows, cols = [top + i * d for i in range(k)], [left + j * d for j in range(k)]
+    grid = [[round(float(before[y, x]), 6) if 0 <= y < before.shape[0] and 0 <= x < before.shape[1] else None
+             for x in cols] for y in rows]  # fmt: skip
+    cells = [v for line in grid for v in line if v is not None]
+    exact = [float(before[y, x]) for y in rows for x in cols if 0 <= y < before.shape[0] and 0 <= x < before.shape[1]]
+    value: float | None = max(exact) if how == "max" else sum(exact) / (k * k)  # padding counts as zeros
+    if not _plain(_pool_options(model, graph, step)) or not cells:
+        value = None
     return Then(step.name, step.kind, step.op, r, c, value, 0.0, grid, (top, left), how)
 
 
@@ -209,8 +255,12 @@ def _follow(
     """Each step after the conv at the unit it takes on: into `found.then`."""
     for step in chain:
         if step.kind == "pool":
+            if step.name not in windows(model, graph):  # adaptive pooling, LPPool: geometry vizkit does not follow
+                found.note = f"{step.name} ({step.op}) follows; vizkit does not know its windows"
+                break
             then = _pool(model, graph, step, out[previous][0, channel].float(), r, c)
-            if then is None:
+            if isinstance(then, str):
+                found.note = then
                 break
             r, c = then.row, then.col
         else:
@@ -231,7 +281,7 @@ def as_json(a: Arithmetic, limit: int = 64) -> dict[str, Any]:
         "terms": [{"channel": t.channel, "patch": r6(t.patch), "kernel": r6(t.kernel), "total": round(t.total, 6)}
                   for t in terms],
         "inputs": len(a.terms), "sum": round(a.value - a.bias, 6), "bias": round(a.bias, 6),
-        "value": round(a.value, 6), "forward": round(a.forward, 6),
+        "value": round(a.value, 6), "forward": round(a.forward, 6), "note": a.note,
         "then": [{"name": t.name, "kind": t.kind, "op": t.op, "row": t.row, "col": t.col, "how": t.how,
                   "value": None if t.value is None else round(t.value, 6), "forward": round(t.forward, 6),
                   "window": t.window, "from": t.rows} for t in a.then],

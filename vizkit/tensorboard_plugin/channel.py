@@ -6,8 +6,6 @@ Imported with live.py on the tab's first request for a model (it imports torch).
 
 from __future__ import annotations
 
-import copy
-import threading
 import time
 from typing import Any
 
@@ -19,7 +17,7 @@ from vizkit.graph import Graph, Step, forward_graph, step_outputs
 from vizkit.normalize import Normalized
 from vizkit.tensorboard_plugin.live import Loaded, _bytes, input_json, test_set, the_input
 from vizkit.tiles import to_levels
-from vizkit.units import dataset_examples, receptive_fields
+from vizkit.units import Examples, examples_of, receptive_fields
 
 EXAMPLES = 8  # top dataset examples on a card
 
@@ -93,18 +91,29 @@ def card(loaded: Loaded, request: dict[str, Any]) -> dict[str, Any]:
     }  # fmt: skip
 
 
-def _copy(loaded: Loaded) -> tuple[Any, threading.Lock]:
-    """A copy of the model with a lock of its own; the model itself, under its lock, where it cannot be copied
-    (a person's model may hold something deepcopy refuses): the page then waits while examples are worked out."""
-    try:
-        return copy.deepcopy(loaded.model), threading.Lock()
-    except Exception:
-        return loaded.model, loaded.lock
+def _merged(parts: list[tuple[int, Examples]], k: int) -> Examples:
+    """The examples of a whole image set from those of its slices (each with the index of its first image): the
+    k strongest of all are among the k strongest of each slice."""
+    top = torch.cat([ex.top + start for start, ex in parts], dim=1)
+    top_values = torch.cat([ex.top_values for _, ex in parts], dim=1)
+    bottom = torch.cat([ex.bottom + start for start, ex in parts], dim=1)
+    bottom_values = torch.cat([ex.bottom_values for _, ex in parts], dim=1)
+    values, order = top_values.topk(min(k, top_values.shape[1]), dim=1)
+    low, low_order = bottom_values.topk(min(k, bottom_values.shape[1]), dim=1, largest=False)
+    where = None
+    if parts[0][1].where is not None:
+        places = torch.cat([ex.where for _, ex in parts], dim=1)
+        where = places.gather(1, order[..., None].expand(-1, -1, 2))
+    return Examples(parts[0][1].layer, top.gather(1, order), values, bottom.gather(1, low_order), low, where)
+
+
+SLICE = 1000  # test images a pass takes before the page's own requests get their turn
 
 
 def examples(loaded: Loaded, request: dict[str, Any]) -> dict[str, Any]:
     """The channel's top dataset examples over the run's test images (each with the receptive field of its
-    maximum), and its optimised input; worked out once per step and model (seconds), then kept."""
+    maximum), and its optimised input; worked out once per step and model (seconds), then kept. The test images go
+    through in slices, so the page's updates are answered in between."""
     from vizkit.attribution import optimize_inputs
 
     started = time.perf_counter()
@@ -112,15 +121,19 @@ def examples(loaded: Loaded, request: dict[str, Any]) -> dict[str, Any]:
     with loaded.lock:
         graph, step, channel = _step(loaded, request)
         cached = loaded.cache.get(("examples", step.name))
-        if cached is None:  # on a copy of the model, so the page's updates go on meanwhile
-            model = loaded.cache.get("copy") or loaded.cache.setdefault("copy", _copy(loaded))
-            field = receptive_fields(loaded.model, graph, ckpt["input_shape"]).get(step.name)
+        field = receptive_fields(loaded.model, graph, ckpt["input_shape"]).get(step.name)
     if cached is None:
         images = test_set(loaded).images  # or the one-line reason there are none
-        with model[1]:
-            net = Normalized(model[0], ckpt["mean"], ckpt["std"])
-            found = dataset_examples(model[0], step.name, images, ckpt["mean"], ckpt["std"], EXAMPLES)
-            optimised = optimize_inputs(net, model[0], step.name, list(ckpt["input_shape"]))
+        parts = []
+        for start in range(0, len(images), SLICE):
+            with loaded.lock:
+                part = examples_of(loaded.model, [step.name], images[start : start + SLICE], ckpt["mean"],
+                                   ckpt["std"], EXAMPLES)[step.name]  # fmt: skip
+            parts.append((start, part))
+        found = _merged(parts, EXAMPLES)
+        with loaded.lock:
+            net = Normalized(loaded.model, ckpt["mean"], ckpt["std"])
+            optimised = optimize_inputs(net, loaded.model, step.name, list(ckpt["input_shape"]))
         cached = loaded.cache[("examples", step.name)] = (found, optimised, field, images)
     found, optimised, field, images = cached
     top = []

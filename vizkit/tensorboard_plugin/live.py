@@ -21,11 +21,13 @@ from torch import nn
 from vizkit import rundir
 from vizkit.checkpoint import open_checkpoint
 from vizkit.errors import VizkitError
+from vizkit.graph import forward_graph
 from vizkit.models import display_name
 from vizkit.probe import Probe, probe
 from vizkit.tiles import to_levels, viridis
 from vizkit.units import model_map
 
+MODELS = threading.RLock()  # every model pass and trace of the tab, one at a time (Loaded)
 MAX_BARS = 1024  # units drawn for a fully connected layer (the rest are summarised by the range)
 
 
@@ -34,13 +36,15 @@ log = logging.getLogger(__name__)
 
 @dataclass
 class Loaded:
-    """A run's model as the tab uses it, with a lock: the tab's requests come on TensorBoard's threads, and
-    two passes at once would each see the other's hooks."""
+    """A run's model as the tab uses it, with the tab's one lock (MODELS): the requests come on TensorBoard's
+    threads, two passes at once through one model would each see the other's hooks, and torch.fx's tracing of
+    any model patches nn.Module.__call__ for the whole process meanwhile (a pass through another model, an epoch
+    the slider just left, would be taken into that trace)."""
 
     model: nn.Module
     ckpt: dict[str, Any]
     checkpoint: Path
-    lock: threading.Lock
+    lock: Any  # MODELS
     cache: dict[Any, Any] = field(default_factory=dict)  # what a channel's card works out once (channel.py)
 
 
@@ -49,7 +53,9 @@ def open_run(checkpoint: Path, logdir: Path | None = None) -> Loaded:
     recorded user code is imported only from its own file with its recorded sha256, and never from inside
     the log directory (whoever shared a run there could have put code beside it)."""
     model, ckpt = open_checkpoint(checkpoint, shared=logdir)
-    return Loaded(model, ckpt, checkpoint, threading.Lock())
+    with MODELS:  # the trace (forward_graph) is made here, not in the middle of another model's pass
+        forward_graph(model, ckpt["input_shape"])
+    return Loaded(model, ckpt, checkpoint, MODELS)
 
 
 def _map(loaded: Loaded) -> dict[str, Any]:

@@ -32,7 +32,12 @@ HEADERS = {"Cache-Control": "no-store", "X-Content-Type-Options": "nosniff"}  # 
 
 
 def _json(value: Any, status: int = 200) -> Response:
-    return Response(json.dumps(value), status=status, content_type="application/json", headers=HEADERS)
+    try:  # JSON has no NaN or inf (json.dumps would write them, and the page could not read the answer)
+        text = json.dumps(value, allow_nan=False)
+    except ValueError:
+        reason = "the answer holds a value that is not a number (NaN or inf); the model's weights may have diverged"
+        text = json.dumps({"ok": False, "reason": reason})
+    return Response(text, status=status, content_type="application/json", headers=HEADERS)
 
 
 class VizkitPlugin(base_plugin.TBPlugin):
@@ -90,7 +95,7 @@ class VizkitPlugin(base_plugin.TBPlugin):
             return f"{run} has no best.pth or last.pth yet: it shows here after its first epoch"
         if epoch is not None:
             kept = rundir.epochs_in(folder)
-            if isinstance(epoch, bool) or epoch not in kept:
+            if type(epoch) is not int or epoch not in kept:  # not 3.0 or True: epoch-3.0.pth is no file
                 return f"{run} has no weights of epoch {epoch}; it keeps " + (
                     f"epochs {', '.join(map(str, kept))}" if kept else "none (trained with keep_epochs false)"
                 )

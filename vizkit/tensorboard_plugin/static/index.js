@@ -167,7 +167,7 @@ async function refreshRuns() {
   const opened = listing.runs.find((r) => r.run === state.run);
   if (opened) {  // open it again if its first checkpoint has been written since, or TensorBoard is back
     const firstCheckpoint = opened.checkpoint && before.get(opened.run) !== opened.run;
-    return firstCheckpoint || recovered ? openRun(opened.run) : undefined;
+    return firstCheckpoint || recovered ? openRun(opened.run) : refreshEpochs();
   }
   const withCheckpoint = listing.runs.filter((r) => r.checkpoint);
   select.value = (withCheckpoint.length ? withCheckpoint : listing.runs).at(-1).run;  // the newest run
@@ -235,6 +235,22 @@ function showEpochs(model) {
   const best = model.epochs.indexOf(model.epoch);
   slider.value = String(best >= 0 ? best : model.epochs.length - 1);
   labelEpoch();
+}
+
+// A run still training keeps an epoch more, and may have a new best, since the page opened it.
+async function refreshEpochs() {
+  const run = state.run;
+  if (!state.model) return;
+  const model = await getJSON('./model?' + new URLSearchParams({run}));
+  if (!model.ok || run !== state.run || !state.model) return;
+  if (String(model.epochs) === String(state.model.epochs) && model.epoch === state.model.epoch) return;
+  Object.assign(state.model, {epochs: model.epochs, epoch: model.epoch, checkpoint: model.checkpoint});
+  showEpochs(state.model);
+  if (state.epoch !== null && model.epochs.includes(state.epoch)) {  // the slider's epoch stays chosen
+    byId('epoch').value = String(model.epochs.indexOf(state.epoch));
+    labelEpoch();
+  }
+  openRunStatus();
 }
 
 function labelEpoch() {
@@ -370,6 +386,7 @@ async function schedule() {
   if (!body) {
     clearResult();
     const what = state.model.digits ? 'a digit' : `one of: ${state.model.classes.join(', ')}`;
+    if (state.card) blankCard('Give the model an input: its arithmetic shows here.');
     return setStatusHint(state.source === 'draw' ? `Draw ${what} on the black square.` : 'Drop a photo.');
   }
   state.busy = true;
@@ -407,6 +424,7 @@ function show(answer, roundTrip) {
   if (!answer.ok) {
     clearResult();
     setStatus(answer.reason, true);
+    if (state.card) blankCard(answer.reason, true);
     return;
   }
   if (byId('status').classList.contains('error')) openRunStatus();
@@ -535,7 +553,10 @@ function drawLayers(layers) {
     else drawBars(card, layer, width);
     return card;
   });
-  box.replaceChildren(...cards);
+  // the cards stay where they are when the steps are the same (each update): a click on a tile is not lost
+  // to its card being taken out and put back between the press and the release
+  const same = cards.length === box.children.length && cards.every((c, i) => box.children[i] === c);
+  if (!same) box.replaceChildren(...cards);
 }
 
 function scaleBar(card, layer) {
@@ -654,6 +675,15 @@ function openCard(layer, channel) {
   loadExamples();
 }
 
+// The card without an input (cleared drawing, a failed update): nothing of an earlier input stays on it.
+function blankCard(text, error = false) {
+  for (const id of ['card-map', 'card-input']) {
+    const canvas = byId(id);
+    canvas.getContext('2d').clearRect(0, 0, canvas.width, canvas.height);
+  }
+  byId('card-sums').innerHTML = error ? `<span class="off">${escape(text)}</span>` : escape(text);
+}
+
 function closeCard() {
   state.card = null;
   byId('card').hidden = true;
@@ -668,14 +698,19 @@ async function scheduleCard() {
   if (!state.card || !state.model) return;
   if (state.cardBusy) { state.cardAgain = true; return; }
   const body = request();
-  if (!body) return;
+  if (!body) return blankCard('Give the model an input: its arithmetic shows here.');
   const {layer, channel, row, col} = state.card;
   Object.assign(body, {layer, channel, row, col});
   state.cardBusy = true;
   const answer = await getJSON('./card', body);
   state.cardBusy = false;
   const card = state.card;
-  if (card && body.run === state.run && layer === card.layer && channel === card.channel) showCard(answer);
+  // an answer for what the card is still on; one for an earlier pointer position, epoch or run is dropped
+  // (the pointer's newest position was asked for meanwhile, or is now)
+  const current = card && body.run === state.run && body.epoch === state.epoch && layer === card.layer &&
+                  channel === card.channel && (row === null || (row === card.row && col === card.col));
+  if (current) showCard(answer, row === null);
+  else if (card) state.cardAgain = true;
   if (state.cardAgain) { state.cardAgain = false; scheduleCard(); }
 }
 
@@ -684,14 +719,12 @@ function number(v) {  // 4 decimals, or exponent form for what that would hide
     v.toExponential(2) : v.toFixed(4);
 }
 
-function showCard(answer) {
+function showCard(answer, placed) {
   window.vizkitCard = answer;  // for the browser tests
-  if (!answer.ok) {
-    byId('card-sums').innerHTML = `<span class="off">${escape(answer.reason)}</span>`;
-    return;
-  }
+  if (!answer.ok) return blankCard(answer.reason, true);
   const {shown, row, col} = answer;
-  Object.assign(state.card, {shown, row, col});
+  state.card.shown = shown;
+  if (placed) Object.assign(state.card, {row, col});  // the server chose the unit: the channel's strongest
   const from = shown.name !== answer.layer ? ` (${shown.name}'s channel ${answer.channel})` : '';
   const epoch = answer.epoch ? ` · epoch ${answer.epoch}` : '';
   byId('card-title').textContent = `${answer.layer} · channel ${answer.channel}${from}${epoch}`;
@@ -756,7 +789,8 @@ function drawKernels(kernels, note) {
 }
 
 function grid(rows) {  // 3 decimals: a 5 x 5 patch and its kernel side by side fit the card
-  const cell = (v) => `<td>${Math.abs(v) >= 1e3 ? v.toExponential(1) : v.toFixed(3)}</td>`;
+  const cell = (v) => v === null ? '<td class="hint">pad</td>' :
+                      `<td>${Math.abs(v) >= 1e3 ? v.toExponential(1) : v.toFixed(3)}</td>`;
   return `<table class="grid">${rows.map((r) => `<tr>${r.map(cell).join('')}</tr>`).join('')}</table>`;
 }
 
@@ -787,6 +821,7 @@ function sums(a) {
       lines.push(`<div class="then">then ${what}: ${number(t.value)} ${check(t.value, t.forward)}</div>`);
     }
   }
+  if (a.note) lines.push(`<div class="then hint">${escape(a.note)}</div>`);
   return lines.join('');
 }
 
@@ -819,6 +854,6 @@ async function loadExamples() {
   for (const t of answer.top) figures.push(tile(t.data, t.box, `#${t.index}: ${number(t.value)}`));
   byId('card-examples').replaceChildren(...figures);
   const at = answer.epoch ? `, epoch ${answer.epoch}` : '';
-  byId('card-examples-note').textContent = `the ${answer.top.length} that drive it hardest${at}, each framed ` +
-    'where its maximum sees; first, the input optimised for it';
+  byId('card-examples-note').textContent = `the ${answer.top.length} that drive ${answer.layer}'s channel ` +
+    `${answer.channel} hardest${at}, each framed where its maximum sees; first, the input optimised for it`;
 }
