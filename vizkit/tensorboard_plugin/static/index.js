@@ -708,7 +708,7 @@ async function scheduleCard() {
   // an answer for what the card is still on; one for an earlier pointer position, epoch or run is dropped
   // (the pointer's newest position was asked for meanwhile, or is now)
   const current = card && body.run === state.run && body.epoch === state.epoch && layer === card.layer &&
-                  channel === card.channel && (row === null || (row === card.row && col === card.col));
+                  channel === card.channel && row === card.row && col === card.col;  // null: the server's choice
   if (current) showCard(answer, row === null);
   else if (card) state.cardAgain = true;
   if (state.cardAgain) { state.cardAgain = false; scheduleCard(); }
