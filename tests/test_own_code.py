@@ -328,6 +328,7 @@ def shape_picture(kind: int, rng: np.random.Generator, height: int = 24, width: 
     return image
 
 
+@pytest.mark.slow  # a colour, non-square run through every command, about 7 s
 def test_a_run_on_colour_non_square_shapes_opens_everywhere(tmp_path, monkeypatch, capsys):
     from vizkit import Run
 

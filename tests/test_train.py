@@ -256,6 +256,7 @@ def test_projector_has_the_embedding(small_run):
     assert (folder.parent / "sprite.png").is_file()
 
 
+@pytest.mark.slow  # two trainings, about 6 s
 def test_train_loss_is_the_mean_over_images_with_an_uneven_last_batch(data_dir, tmp_path):
     # 300 images in batches of 128: 128, 128 and 44. With log_every=1 each step's loss is logged as it is,
     # so the epoch's train loss must be their mean weighted by batch size

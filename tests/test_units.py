@@ -2,6 +2,7 @@
 
 import json
 
+import pytest
 import torch
 import torch.nn.functional as F
 from conftest import EXAMPLES_NET
@@ -143,6 +144,7 @@ def test_training_logs_every_conv_steps_examples(small_run, data_dir, capsys):
         assert torch.allclose(torch.tensor(a["values"]), torch.tensor(b["values"]), atol=1e-4)
 
 
+@pytest.mark.slow  # examples over the test set twice and two figures, about 8 s
 def test_each_epochs_weights_are_kept_and_drawn_from(small_run, data_dir, tmp_path, capsys):
     from vizkit import explain
     from vizkit.checkpoint import read_checkpoint
