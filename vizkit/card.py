@@ -110,7 +110,7 @@ def kernels(conv: nn.Conv2d, channel: int) -> tuple[torch.Tensor, float, list[in
     channels those are (all of them, or its group's)."""
     per_group = conv.in_channels // conv.groups
     group = channel // (conv.out_channels // conv.groups)
-    bias = float(conv.bias[channel]) if conv.bias is not None else 0.0
+    bias = float(conv.bias[channel].detach()) if conv.bias is not None else 0.0  # no autograd warning per card
     return conv.weight[channel].detach().float().cpu(), bias, list(range(group * per_group, (group + 1) * per_group))
 
 
