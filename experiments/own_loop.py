@@ -17,6 +17,7 @@ from vizkit import Run  # vizkit
 parser = argparse.ArgumentParser(description="tutorial 001's loop, logged by vizkit")
 parser.add_argument("--epochs", type=int, default=10, help="epochs (default: 10, as the tutorial)")
 parser.add_argument("--limit-train", type=int, default=0, help="train on the first N images, 0 = all (default: 0)")
+parser.add_argument("--limit-test", type=int, default=0, help="test on the first N images, 0 = all (default: 0)")
 parser.add_argument("--data-dir", default="data", help="torchvision's MNIST folder (default: data)")
 parser.add_argument("--run-dir", default=None, help="vizkit's run directory (default: runs/<date>-<time>-Net)")
 args = parser.parse_args() if __name__ == "__main__" else parser.parse_args([])
@@ -29,6 +30,8 @@ if __name__ == "__main__":  # (vizkit imports this file to rebuild Net: no data 
     test_dataset = datasets.MNIST(args.data_dir, train=False, transform=transform, download=True)
     if args.limit_train:
         train_dataset = Subset(train_dataset, range(args.limit_train))
+    if args.limit_test:
+        test_dataset = Subset(test_dataset, range(args.limit_test))
     train_loader = DataLoader(dataset=train_dataset, batch_size=batch_size, shuffle=True)
     test_loader = DataLoader(dataset=test_dataset, batch_size=batch_size, shuffle=True)
 

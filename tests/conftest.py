@@ -27,6 +27,22 @@ DEVICE = os.environ.get("VIZKIT_TEST_DEVICE", "auto")
 # the suite's own vizkit data folder (its signing key), also for the commands it runs as subprocesses:
 # the person's real key is never read or made by a test
 os.environ["VIZKIT_HOME"] = tempfile.mkdtemp(prefix="vizkit-home-")
+# pytest-xdist (addopts: -n auto) runs a worker per core: each gets its share of the cores for torch's threads,
+# it and the commands it starts (set before torch is imported). Two workers of two threads each on 2 cores
+# wait on each other's spinning OpenMP threads, and the suite took longer than on one worker.
+if "PYTEST_XDIST_WORKER_COUNT" in os.environ:
+    _share = max(1, (os.cpu_count() or 1) // int(os.environ["PYTEST_XDIST_WORKER_COUNT"]))
+    for _name in ("OMP_NUM_THREADS", "MKL_NUM_THREADS"):
+        os.environ.setdefault(_name, str(_share))
+# the files that take longest first, so that the workers finish together: pytest-xdist's --dist loadfile
+# hands out whole files in collection order (each keeps its module fixtures to one worker)
+LONGEST_FIRST = ("test_resume.py", "test_bench.py", "test_user_model.py", "test_own_code.py", "test_run.py",
+                 "test_train.py")  # fmt: skip
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    rank = {name: i for i, name in enumerate(LONGEST_FIRST)}
+    items.sort(key=lambda item: rank.get(item.path.name, len(rank)))  # stable: each file's own order is kept
 
 
 def pytest_configure(config: pytest.Config) -> None:

@@ -147,7 +147,7 @@ def test_step_gives_the_train_loss_curve(tmp_path):
 def own_loop_run(data_dir, tmp_path_factory):
     run = tmp_path_factory.mktemp("own") / "run"
     cmd = [sys.executable, str(REPO / "experiments" / "own_loop.py"), "--epochs", "2", "--limit-train", "3000",
-           "--data-dir", str(data_dir), "--run-dir", str(run)]  # fmt: skip
+           "--limit-test", "2000", "--data-dir", str(data_dir), "--run-dir", str(run)]  # fmt: skip
     done = subprocess.run(cmd, cwd=tmp_path_factory.mktemp("cwd"), capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stderr
     assert "Accuracy of the network on the test images" in done.stdout  # the tutorial's own output is kept
