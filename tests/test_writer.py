@@ -1,4 +1,7 @@
 import errno
+import os
+import shutil
+import subprocess
 
 import pytest
 import torch
@@ -73,6 +76,28 @@ def test_a_failed_write_raises_where_it_happened_and_close_does_not_hang(tmp_pat
     with pytest.raises(OSError):  # later writes refuse at once instead of queueing for a dead thread
         writer.scalars({"lr": 0.2}, 2)
     writer.close()  # the failure was reported already: closing neither hangs nor raises it again
+
+
+@pytest.mark.skipif(os.name != "posix" or os.geteuid() != 0 or not shutil.which("mount"), reason="needs root's mount")
+def test_a_disk_out_of_inodes_fails_the_embedding_with_its_own_error(tmp_path, capsys):
+    disk = tmp_path / "disk"
+    disk.mkdir()
+    if subprocess.run(["mount", "-t", "tmpfs", "-o", "size=4m,nr_inodes=8", "tmpfs", str(disk)]).returncode:
+        pytest.skip("this machine does not let root mount a tmpfs")
+    try:
+        writer = Writer(disk / "run")
+        writer.scalars({"lr": 0.1}, 1)
+        writer.flush()
+        with pytest.raises(OSError) as failed:
+            for i in range(8):  # every inode left taken
+                (disk / f"fill{i}").mkdir()
+        assert failed.value.errno == errno.ENOSPC
+        with pytest.raises(OSError) as failed:  # tensorboardX's own makedirs fails and is swallowed
+            writer.embedding(torch.rand(4, 3), list("abcd"), torch.rand(4, 1, 8, 8), 1, "penultimate")
+        assert failed.value.errno == errno.ENOSPC  # not ENOENT for a file in the folder it could not make
+        assert capsys.readouterr().out == ""
+    finally:
+        subprocess.run(["umount", "-l", str(disk)])
 
 
 def test_histogram_of_known_values():

@@ -14,6 +14,8 @@ waited on its queue for good. Here a full disk raises OSError at the write that 
 
 from __future__ import annotations
 
+import contextlib
+import io
 import logging
 import os
 import time
@@ -21,6 +23,7 @@ import warnings
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any
+from urllib.parse import quote
 
 import numpy as np
 import torch
@@ -238,7 +241,14 @@ class Writer(_Tags):
     def embedding(
         self, features: torch.Tensor, labels: list[str], images: torch.Tensor | None, step: int, tag: str
     ) -> None:
-        self.main.add_embedding(features, metadata=labels, label_img=images, global_step=step, tag=tag)
+        try:
+            with contextlib.redirect_stdout(io.StringIO()):  # its "Embedding dir exists" is printed, not raised
+                self.main.add_embedding(features, metadata=labels, label_img=images, global_step=step, tag=tag)
+        except FileNotFoundError:
+            # tensorboardX swallows its makedirs' error (a disk out of space or of inodes) and fails at the first
+            # file in the folder it could not make: making the folder here raises the error that counts
+            os.makedirs(self.run_dir / f"{step:05d}" / quote(tag, safe=""), exist_ok=True)
+            raise
 
     def hparams(self, params: dict[str, object], metrics: dict[str, float], columns: dict[str, object]) -> None:
         """One session of HParams in this run's own log. `columns` (name -> a value of its type) are listed in
