@@ -34,15 +34,6 @@ if "PYTEST_XDIST_WORKER_COUNT" in os.environ:
     _share = max(1, (os.cpu_count() or 1) // int(os.environ["PYTEST_XDIST_WORKER_COUNT"]))
     for _name in ("OMP_NUM_THREADS", "MKL_NUM_THREADS"):
         os.environ.setdefault(_name, str(_share))
-# the files that take longest first, so that the workers finish together: pytest-xdist's --dist loadfile
-# hands out whole files in collection order (each keeps its module fixtures to one worker)
-LONGEST_FIRST = ("test_resume.py", "test_bench.py", "test_user_model.py", "test_own_code.py", "test_run.py",
-                 "test_train.py")  # fmt: skip
-
-
-def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
-    rank = {name: i for i, name in enumerate(LONGEST_FIRST)}
-    items.sort(key=lambda item: rank.get(item.path.name, len(rank)))  # stable: each file's own order is kept
 
 
 def pytest_configure(config: pytest.Config) -> None:
@@ -94,9 +85,13 @@ def tensorboard_server(logdir: Path, workdir: Path) -> Iterator[tuple[str, Path]
 
 @pytest.fixture(scope="session")
 def data_dir() -> Path:
+    from filelock import FileLock
+
     from vizkit.data import ensure_mnist
 
-    ensure_mnist(DATA_DIR)
+    DATA_DIR.mkdir(parents=True, exist_ok=True)
+    with FileLock(str(DATA_DIR / ".fetch.lock")):  # pytest-xdist's workers: one fetches, the others wait for it
+        ensure_mnist(DATA_DIR)
     return DATA_DIR
 
 
