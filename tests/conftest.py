@@ -4,6 +4,7 @@ picture back: its pixels, and the matplotlib figure it was saved from."""
 
 from __future__ import annotations
 
+import atexit
 import os
 import re
 import shutil
@@ -27,13 +28,27 @@ DEVICE = os.environ.get("VIZKIT_TEST_DEVICE", "auto")
 # the suite's own vizkit data folder (its signing key), also for the commands it runs as subprocesses:
 # the person's real key is never read or made by a test
 os.environ["VIZKIT_HOME"] = tempfile.mkdtemp(prefix="vizkit-home-")
-# pytest-xdist (addopts: -n auto) runs a worker per core: each gets its share of the cores for torch's threads,
-# it and the commands it starts (set before torch is imported). Two workers of two threads each on 2 cores
-# wait on each other's spinning OpenMP threads, and the suite took longer than on one worker.
+atexit.register(shutil.rmtree, os.environ["VIZKIT_HOME"], True)
+
+
+def usable_cpus() -> int:
+    """The CPUs this process may run on (a container's or taskset's share, not the host's count)."""
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+
+
+# pytest-xdist (addopts: -n auto) runs a worker per usable CPU, and each worker gets its share of them for torch's
+# threads, it and the commands it starts (set before torch is imported). Two workers of two threads each on 2
+# cores wait on each other's spinning OpenMP threads: the suite took longer than in one process.
 if "PYTEST_XDIST_WORKER_COUNT" in os.environ:
-    _share = max(1, (os.cpu_count() or 1) // int(os.environ["PYTEST_XDIST_WORKER_COUNT"]))
+    _share = max(1, usable_cpus() // int(os.environ["PYTEST_XDIST_WORKER_COUNT"]))
     for _name in ("OMP_NUM_THREADS", "MKL_NUM_THREADS"):
         os.environ.setdefault(_name, str(_share))
+
+
+def pytest_xdist_auto_num_workers(config: pytest.Config) -> int:
+    # on a GPU, two workers: each holds a CUDA context, and two torchrun tests may run at once
+    on_gpu = DEVICE == "cuda" or (DEVICE == "auto" and Path("/dev/nvidia0").exists())
+    return min(usable_cpus(), 2) if on_gpu else usable_cpus()
 
 
 def pytest_configure(config: pytest.Config) -> None:
@@ -84,13 +99,14 @@ def tensorboard_server(logdir: Path, workdir: Path) -> Iterator[tuple[str, Path]
 
 
 @pytest.fixture(scope="session")
-def data_dir() -> Path:
+def data_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     from filelock import FileLock
 
     from vizkit.data import ensure_mnist
 
-    DATA_DIR.mkdir(parents=True, exist_ok=True)
-    with FileLock(str(DATA_DIR / ".fetch.lock")):  # pytest-xdist's workers: one fetches, the others wait for it
+    # pytest-xdist's workers: one fetches, the others wait for it (the lock in the folder all workers share,
+    # not in DATA_DIR, which may be read-only)
+    with FileLock(str(tmp_path_factory.getbasetemp().parent / "mnist.lock")):
         ensure_mnist(DATA_DIR)
     return DATA_DIR
 

@@ -116,7 +116,7 @@ def test_click_a_tile_move_the_pointer_drag_the_epoch_slider(server, kept, data_
         # the pointer over the card's map: unit (10, 20), its arithmetic equal to torch's conv, its field outlined
         area = frame.locator("#card-map").bounding_box()
         page.mouse.move(area["x"] + (20.5 / 28) * area["width"], area["y"] + (10.5 / 28) * area["height"])
-        frame.locator("#card-map-label").filter(has_text="unit (10, 20)").wait_for(timeout=10_000)
+        frame.locator("#card-map-label").filter(has_text="unit (10, 20)").wait_for(timeout=30_000)
         card = frame.locator("#card").evaluate("() => window.vizkitCard")
         a = card["arithmetic"]
         assert a["value"] == pytest.approx(float(out[5, 10, 20]), abs=1e-4)
@@ -141,9 +141,9 @@ def test_click_a_tile_move_the_pointer_drag_the_epoch_slider(server, kept, data_
         page.mouse.down()
         page.mouse.move(slider["x"] + 2, slider["y"] + slider["height"] / 2, steps=8)
         page.mouse.up()
-        frame.locator("#timing").filter(has_text="epoch 1's weights").wait_for(timeout=10_000)
+        frame.locator("#timing").filter(has_text="epoch 1's weights").wait_for(timeout=30_000)
         assert frame.locator("#epoch-label").inner_text() == "1 of 2"
-        frame.locator("#card-title").filter(has_text="epoch 1").wait_for(timeout=10_000)
+        frame.locator("#card-title").filter(has_text="epoch 1").wait_for(timeout=30_000)
         card = frame.locator("#card").evaluate("() => window.vizkitCard")
         out1, weights1 = conv1(run, 1, 0, data_dir)
         assert np.allclose(card["kernels"]["values"], weights1[5].reshape(1, 9), atol=1e-5)

@@ -56,7 +56,7 @@ def test_serves_the_model_and_stops_on_ctrl_c(small_run, target):
         if target == "model.onnx":
             assert served == (small_run / "model.onnx").read_bytes()
         proc.send_signal(signal.SIGINT)
-        assert proc.wait(timeout=20) == 0
+        assert proc.wait(timeout=60) == 0
         assert "stopped" in proc.stdout.read()
     finally:
         proc.kill()

@@ -322,7 +322,7 @@ def test_the_tab_in_a_real_browser(tensorboard, logdir, data_dir):
             png_data_url(photo),
         )
         drop.dispatch_event("drop", {"dataTransfer": transfer})
-        frame.locator("#drop").filter(has_text="two.png").wait_for(timeout=10_000)
+        frame.locator("#drop").filter(has_text="two.png").wait_for(timeout=30_000)
         page.wait_for_timeout(1500)
         assert frame.locator("#prediction").inner_text().startswith("2")
         assert frame.locator("#seen-size").inner_text() == "(28×28)"
@@ -352,7 +352,7 @@ def test_the_tab_in_a_real_browser(tensorboard, logdir, data_dir):
             shutil.copy2(logdir / "mnist" / "best.pth", logdir / "later")
             write_events(logdir / "waiting")  # training has started, its first epoch has not ended
             run_list.dispatch_event("pointerdown")  # the person reaches for the list
-            frame.locator("#run option[value=later]").wait_for(state="attached", timeout=10_000)
+            frame.locator("#run option[value=later]").wait_for(state="attached", timeout=30_000)
             assert run_list.evaluate("s => s.value") == "edited"  # a new run does not take the person's choice
             assert frame.locator("#run option[value=waiting]").inner_text() == "waiting (no checkpoint)"
             run_list.select_option("waiting")

@@ -29,8 +29,8 @@ def test_run_directory_holds_everything(small_run):
     for name in ("config.toml", "last.pth", "best.pth", "model.onnx", "metrics.json", "curves.png"):
         assert (small_run / name).is_file(), name
     assert len(list(small_run.glob("events.out.tfevents.*"))) == 1
-    # hparams did not open a subfolder (features/ comes from vizkit.features, when its tests ran first)
-    # (features/ comes from vizkit.features, 0000N/ holds the projector's embedding)
+    # hparams did not open a subfolder (features/ comes from vizkit.features, where a test wrote figures into
+    # this run first; 0000N/ holds the projector's embedding)
     # train/ and val/ are the sub-runs whose curves share a chart
     assert {p.name for p in small_run.iterdir() if p.is_dir()} <= {
         "features",
