@@ -23,7 +23,6 @@ import warnings
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any
-from urllib.parse import quote
 
 import numpy as np
 import torch
@@ -246,8 +245,9 @@ class Writer(_Tags):
                 self.main.add_embedding(features, metadata=labels, label_img=images, global_step=step, tag=tag)
         except FileNotFoundError:
             # tensorboardX swallows its makedirs' error (a disk out of space or of inodes) and fails at the first
-            # file in the folder it could not make: making the folder here raises the error that counts
-            os.makedirs(self.run_dir / f"{step:05d}" / quote(tag, safe=""), exist_ok=True)
+            # file in the folder it could not make: making the folder here raises the error that counts (its
+            # path as tensorboardX names it; vizkit's tags have no "/", "\\" or "%" for it to escape)
+            os.makedirs(self.run_dir / f"{step:05d}" / tag, exist_ok=True)
             raise
 
     def hparams(self, params: dict[str, object], metrics: dict[str, float], columns: dict[str, object]) -> None:
