@@ -208,13 +208,13 @@ def _pool(model: nn.Module, graph: Graph, step: Step, before: torch.Tensor, row:
         return f"{step.name} ({step.op}) leaves unit ({row}, {col}) out: none of its windows covers it"
     how = "max" if "max" in step.op.lower() else "mean"
     rows, cols = [top + i * d for i in range(k)], [left + j * d for j in range(k)]
-    grid = [[round(float(before[y, x]), 6) if 0 <= y < before.shape[0] and 0 <= x < before.shape[1] else None
-             for x in cols] for y in rows]  # fmt: skip
-    cells = [v for line in grid for v in line if v is not None]
-    exact = [float(before[y, x]) for y in rows for x in cols if 0 <= y < before.shape[0] and 0 <= x < before.shape[1]]
-    value: float | None = max(exact) if how == "max" else sum(exact) / (k * k)  # padding counts as zeros
-    if not _plain(_pool_options(model, graph, step)) or not cells:
-        value = None
+    cell = [[float(before[y, x]) if 0 <= y < before.shape[0] and 0 <= x < before.shape[1] else None for x in cols]
+            for y in rows]  # fmt: skip
+    grid = [[None if v is None else round(v, 6) for v in line] for line in cell]
+    exact = [v for line in cell for v in line if v is not None]
+    value = None  # padding only, or a pool vizkit does not work out
+    if exact and _plain(_pool_options(model, graph, step)):
+        value = max(exact) if how == "max" else sum(exact) / (k * k)  # padding counts as zeros
     return Then(step.name, step.kind, step.op, r, c, value, 0.0, grid, (top, left), how)
 
 

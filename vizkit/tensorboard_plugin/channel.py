@@ -15,7 +15,7 @@ from vizkit.card import arithmetic, as_json, conv_of, kernels, source_conv
 from vizkit.errors import VizkitError
 from vizkit.graph import Graph, Step, forward_graph, step_outputs
 from vizkit.normalize import Normalized
-from vizkit.tensorboard_plugin.live import Loaded, _bytes, input_json, test_set, the_input
+from vizkit.tensorboard_plugin.live import MODELS, Loaded, _bytes, input_json, test_set, the_input
 from vizkit.tiles import to_levels
 from vizkit.units import Examples, examples_of, receptive_fields
 
@@ -62,7 +62,7 @@ def card(loaded: Loaded, request: dict[str, Any]) -> dict[str, Any]:
     started = time.perf_counter()
     ckpt = loaded.ckpt
     pixels, _ = the_input(loaded, request)
-    with loaded.lock:
+    with MODELS:
         graph, step, channel = _step(loaded, request)
         conv = source_conv(graph, step.name)
         conv = conv if conv is not None and conv_of(loaded.model, graph, conv) is not None else None
@@ -118,20 +118,21 @@ def examples(loaded: Loaded, request: dict[str, Any]) -> dict[str, Any]:
 
     started = time.perf_counter()
     ckpt = loaded.ckpt
-    with loaded.lock:
+    with MODELS:
         graph, step, channel = _step(loaded, request)
         cached = loaded.cache.get(("examples", step.name))
-        field = receptive_fields(loaded.model, graph, ckpt["input_shape"]).get(step.name)
+        if cached is None:
+            field = receptive_fields(loaded.model, graph, ckpt["input_shape"]).get(step.name)
     if cached is None:
         images = test_set(loaded).images  # or the one-line reason there are none
         parts = []
         for start in range(0, len(images), SLICE):
-            with loaded.lock:
+            with MODELS:
                 part = examples_of(loaded.model, [step.name], images[start : start + SLICE], ckpt["mean"],
                                    ckpt["std"], EXAMPLES)[step.name]  # fmt: skip
             parts.append((start, part))
         found = _merged(parts, EXAMPLES)
-        with loaded.lock:
+        with MODELS:
             net = Normalized(loaded.model, ckpt["mean"], ckpt["std"])
             optimised = optimize_inputs(net, loaded.model, step.name, list(ckpt["input_shape"]))
         cached = loaded.cache[("examples", step.name)] = (found, optimised, field, images)

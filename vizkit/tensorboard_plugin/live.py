@@ -36,15 +36,14 @@ log = logging.getLogger(__name__)
 
 @dataclass
 class Loaded:
-    """A run's model as the tab uses it, with the tab's one lock (MODELS): the requests come on TensorBoard's
-    threads, two passes at once through one model would each see the other's hooks, and torch.fx's tracing of
-    any model patches nn.Module.__call__ for the whole process meanwhile (a pass through another model, an epoch
-    the slider just left, would be taken into that trace)."""
+    """A run's model as the tab uses it. Every pass through it holds MODELS, the tab's one lock: the requests come
+    on TensorBoard's threads, two passes at once through one model would each see the other's hooks, and torch.fx's
+    tracing of any model patches nn.Module.__call__ for the whole process meanwhile (a pass through another model,
+    an epoch the slider just left, would be taken into that trace)."""
 
     model: nn.Module
     ckpt: dict[str, Any]
     checkpoint: Path
-    lock: Any  # MODELS
     cache: dict[Any, Any] = field(default_factory=dict)  # what a channel's card works out once (channel.py)
 
 
@@ -55,13 +54,13 @@ def open_run(checkpoint: Path, logdir: Path | None = None) -> Loaded:
     model, ckpt = open_checkpoint(checkpoint, shared=logdir)
     with MODELS:  # the trace (forward_graph) is made here, not in the middle of another model's pass
         forward_graph(model, ckpt["input_shape"])
-    return Loaded(model, ckpt, checkpoint, MODELS)
+    return Loaded(model, ckpt, checkpoint)
 
 
 def _map(loaded: Loaded) -> dict[str, Any]:
     """units.model_map by step name; a model whose FLOPs cannot be counted still opens, without them."""
     try:
-        with loaded.lock:  # an update's capture swaps the model's forward meanwhile
+        with MODELS:  # an update's capture swaps the model's forward meanwhile
             rows = model_map(loaded.model, loaded.ckpt["input_shape"])
     except Exception as exc:
         log.info("vizkit: no map of %s (%s)", loaded.checkpoint, exc)
@@ -213,7 +212,7 @@ def update(loaded: Loaded, request: dict[str, Any]) -> dict[str, Any]:
         isinstance(target, bool) or not isinstance(target, int) or not 0 <= target < len(classes)
     ):
         raise VizkitError(f"class {target!r} is not one of this model's {len(classes)} classes")
-    with loaded.lock:
+    with MODELS:
         result = probe(loaded.model, ckpt["mean"], ckpt["std"], pixels, target, classes)
     if not torch.isfinite(result.probs).all():
         raise VizkitError(
